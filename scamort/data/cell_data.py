@@ -1,0 +1,232 @@
+"""Cells as tensors: per-modality CSR plus covariates, placed on a device once, gathered by index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from scamort.data.sparse_batch import SparseBatch
+
+__all__ = ["CellData", "Minibatch", "ModalityBatch", "ModalityTensors"]
+
+
+@dataclass(frozen=True)
+class ModalityTensors:
+    """One modality's counts for all cells, as CSR components.
+
+    Attributes
+    ----------
+    indptr
+        Row pointers, shape ``(n_cells + 1,)`` (int64).
+    indices, values
+        Column indices (int64) and counts (float32) of the nonzeros, shape ``(nnz,)``.
+    n_features
+        Number of columns.
+    log_library
+        Log of each cell's total count (at least 1), shape ``(n_cells,)``.
+    log_factorial
+        ``sum_g lgamma(x_g + 1)`` per cell, shape ``(n_cells,)``.
+    present
+        Whether each cell was measured in this modality, shape ``(n_cells,)`` (bool).
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+    n_features: int
+    log_library: torch.Tensor
+    log_factorial: torch.Tensor
+    present: torch.Tensor
+
+    @classmethod
+    def from_csr(cls, counts: sp.csr_matrix, present: np.ndarray) -> ModalityTensors:
+        """Copy a validated CSR matrix ``(n_cells, n_features)`` into tensors."""
+        counts = sp.csr_matrix(counts)
+        counts.sum_duplicates()
+        values = counts.data.astype(np.float32)
+        row_of_entry = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+        log_factorial = np.zeros(counts.shape[0])
+        np.add.at(log_factorial, row_of_entry, _lgamma_plus_one(values.astype(np.float64)))
+        library = np.asarray(counts.sum(axis=1)).ravel()
+        return cls(
+            indptr=torch.as_tensor(counts.indptr.astype(np.int64)),
+            indices=torch.as_tensor(counts.indices.astype(np.int64)),
+            values=torch.tensor(values),
+            n_features=counts.shape[1],
+            log_library=torch.tensor(np.log(np.maximum(library, 1.0)), dtype=torch.float32),
+            log_factorial=torch.tensor(log_factorial, dtype=torch.float32),
+            present=torch.as_tensor(np.asarray(present, dtype=bool)),
+        )
+
+    def take(self, index: torch.Tensor) -> ModalityTensors:
+        """The rows ``index`` (shape ``(n,)``, on this device), in that order, as new CSR tensors.
+
+        One vectorised gather; afterwards any contiguous run of rows is a cheap slice (:meth:`rows`).
+        """
+        start = self.indptr[index]
+        length = self.indptr[index + 1] - start
+        indptr = torch.zeros(index.shape[0] + 1, dtype=torch.int64, device=index.device)
+        torch.cumsum(length, 0, out=indptr[1:])
+        shift = torch.repeat_interleave(start - indptr[:-1], length)
+        position = torch.arange(shift.shape[0], device=index.device) + shift
+        return ModalityTensors(
+            indptr=indptr,
+            indices=self.indices[position],
+            values=self.values[position],
+            n_features=self.n_features,
+            log_library=self.log_library[index],
+            log_factorial=self.log_factorial[index],
+            present=self.present[index],
+        )
+
+    def rows(self, start: int, stop: int, host_indptr: np.ndarray | None = None) -> SparseBatch:
+        """Rows ``start:stop`` as a :class:`SparseBatch` (slices, no copy of the counts).
+
+        ``host_indptr`` is a host copy of ``indptr``; passing it avoids a device sync per batch.
+        """
+        bounds = self.indptr if host_indptr is None else host_indptr
+        first, last = int(bounds[start]), int(bounds[stop])
+        offsets = self.indptr[start:stop] - first
+        lengths = self.indptr[start + 1 : stop + 1] - self.indptr[start:stop]
+        row = torch.repeat_interleave(
+            torch.arange(stop - start, device=offsets.device), lengths, output_size=last - first
+        )
+        return SparseBatch(
+            row=row,
+            col=self.indices[first:last],
+            values=self.values[first:last],
+            row_offsets=offsets,
+            n_features=self.n_features,
+            log_factorial=self.log_factorial[start:stop],
+        )
+
+    def to(self, device: torch.device) -> ModalityTensors:
+        """A copy on ``device``."""
+        return replace(
+            self,
+            indptr=self.indptr.to(device),
+            indices=self.indices.to(device),
+            values=self.values.to(device),
+            log_library=self.log_library.to(device),
+            log_factorial=self.log_factorial.to(device),
+            present=self.present.to(device),
+        )
+
+
+def _lgamma_plus_one(values: np.ndarray) -> np.ndarray:
+    from scipy.special import gammaln
+
+    return gammaln(values + 1.0)
+
+
+@dataclass(frozen=True)
+class ModalityBatch:
+    """One modality of a minibatch: counts ``(batch, n_features)``, log library and presence ``(batch,)``."""
+
+    counts: SparseBatch
+    log_library: torch.Tensor
+    present: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Minibatch:
+    """A minibatch of cells.
+
+    Attributes
+    ----------
+    modalities
+        Modality name -> its counts, library and presence.
+    batch_index
+        Batch code per cell, shape ``(batch,)`` (int64; zeros without a batch key).
+    categorical
+        Codes of the covariates injected into decoders, shape ``(batch, n_categorical)``.
+    continuous
+        Continuous covariates, shape ``(batch, n_continuous)``.
+    """
+
+    modalities: dict[str, ModalityBatch]
+    batch_index: torch.Tensor
+    categorical: torch.Tensor
+    continuous: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        """Number of cells."""
+        return self.batch_index.shape[0]
+
+
+@dataclass(frozen=True)
+class CellData:
+    """All cells of one AnnData/MuData as tensors (see :func:`scamort.data.encode.encode_cells`)."""
+
+    modalities: dict[str, ModalityTensors]
+    batch_index: torch.Tensor
+    categorical: torch.Tensor
+    continuous: torch.Tensor
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells."""
+        return self.batch_index.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors live."""
+        return self.batch_index.device
+
+    def to(self, device: torch.device | str) -> CellData:
+        """A copy on ``device`` (the same object if already there)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        return CellData(
+            modalities={k: v.to(device) for k, v in self.modalities.items()},
+            batch_index=self.batch_index.to(device),
+            categorical=self.categorical.to(device),
+            continuous=self.continuous.to(device),
+        )
+
+    def take(self, index: torch.Tensor) -> CellData:
+        """The cells at positions ``index`` (shape ``(n,)``, on this device), in that order."""
+        return CellData(
+            modalities={name: tensors.take(index) for name, tensors in self.modalities.items()},
+            batch_index=self.batch_index[index],
+            categorical=self.categorical[index],
+            continuous=self.continuous[index],
+        )
+
+    def slice(
+        self, start: int, stop: int, host_indptrs: dict[str, np.ndarray] | None = None
+    ) -> Minibatch:
+        """Cells ``start:stop`` as a minibatch (views of the tensors; cheap).
+
+        ``host_indptrs`` (modality -> host copy of its ``indptr``) avoids device syncs.
+        """
+        host_indptrs = host_indptrs or {}
+        return Minibatch(
+            modalities={
+                name: ModalityBatch(
+                    counts=tensors.rows(start, stop, host_indptrs.get(name)),
+                    log_library=tensors.log_library[start:stop],
+                    present=tensors.present[start:stop],
+                )
+                for name, tensors in self.modalities.items()
+            },
+            batch_index=self.batch_index[start:stop],
+            categorical=self.categorical[start:stop],
+            continuous=self.continuous[start:stop],
+        )
+
+    def minibatch(self, index: torch.Tensor) -> Minibatch:
+        """Cells at positions ``index`` (shape ``(batch,)``, on this data's device)."""
+        return self.take(index).slice(0, index.shape[0])
+
+    def iterate(self, index: torch.Tensor, batch_size: int):
+        """Yield minibatches over ``index`` in order: one gather of all of them, then slices."""
+        ordered = self.take(index)
+        host_indptrs = {name: t.indptr.cpu().numpy() for name, t in ordered.modalities.items()}
+        for start in range(0, index.shape[0], batch_size):
+            yield ordered.slice(start, min(start + batch_size, index.shape[0]), host_indptrs)

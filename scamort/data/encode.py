@@ -1,0 +1,88 @@
+"""AnnData -> :class:`CellData`, driven by a :class:`Registry` (the same path for training and query data)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from scamort.data.cell_data import CellData, ModalityTensors
+from scamort.data.reading import align_features, read_counts
+from scamort.data.registry import Registry, category_codes
+from scamort.data.validation import check_continuous_column
+from scamort.errors import InputError
+
+__all__ = ["encode_cells", "refuse_empty_cells"]
+
+
+def refuse_empty_cells(
+    counts: dict[str, sp.csr_matrix], present: dict[str, np.ndarray], cells: ad.AnnData
+) -> None:
+    """Refuse cells whose every measured modality has zero total counts."""
+    has_counts = np.zeros(cells.n_obs, dtype=bool)
+    for name, matrix in counts.items():
+        has_counts |= present[name] & (np.diff(matrix.indptr) > 0)
+    n_empty = int(np.count_nonzero(~has_counts))
+    if n_empty:
+        example = cells.obs_names[np.flatnonzero(~has_counts)[0]]
+        raise InputError(
+            f"{n_empty} cells have zero total counts (e.g. {example!r}); remove them first, "
+            "e.g. sc.pp.filter_cells(adata, min_counts=1)."
+        )
+
+
+def encode_cells(adata: ad.AnnData, registry: Registry) -> CellData:
+    """Validate ``adata`` against the registry and copy it into tensors (on the CPU).
+
+    Features are aligned by name to the model's order; unseen categories, missing features or keys
+    raise :class:`InputError`. ``adata`` is only read.
+    """
+    counts: dict[str, sp.csr_matrix] = {}
+    present: dict[str, np.ndarray] = {}
+    for entry in registry.modalities:
+        matrix, names, where = read_counts(adata, entry.modality, entry.name)
+        matrix = align_features(matrix, names, entry.feature_names, where=where)
+        if entry.modality.binarize:
+            matrix = matrix.copy()
+            matrix.data = (matrix.data > 0).astype(np.float32)
+            matrix.eliminate_zeros()
+        counts[entry.name] = matrix
+        present[entry.name] = np.ones(adata.n_obs, dtype=bool)
+    refuse_empty_cells(counts, present, adata)
+    return _to_cell_data(adata, registry, counts, present)
+
+
+def _to_cell_data(
+    adata: ad.AnnData,
+    registry: Registry,
+    counts: dict[str, sp.csr_matrix],
+    present: dict[str, np.ndarray],
+) -> CellData:
+    n = adata.n_obs
+    if registry.batch_key is not None:
+        batch = category_codes(adata, registry.batch_key, registry.batch_categories, "batch_key")
+    else:
+        batch = np.zeros(n, dtype=np.int64)
+    categorical = [
+        category_codes(adata, key, cats, "Categorical covariate")
+        for key, cats in registry.categorical_covariates
+    ]
+    if registry.batch_key is not None:
+        categorical.insert(0, batch)
+    continuous = [
+        check_continuous_column(adata.obs, key, "Continuous covariate")
+        for key in registry.continuous_covariate_keys
+    ]
+    return CellData(
+        modalities={
+            name: ModalityTensors.from_csr(matrix, present[name]) for name, matrix in counts.items()
+        },
+        batch_index=torch.as_tensor(batch),
+        categorical=torch.as_tensor(
+            np.stack(categorical, 1) if categorical else np.zeros((n, 0))
+        ).long(),
+        continuous=torch.as_tensor(
+            np.stack(continuous, 1) if continuous else np.zeros((n, 0)), dtype=torch.float32
+        ),
+    )

@@ -1,0 +1,50 @@
+"""The user's description of one modality: where its counts are and how they are modelled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scamort.errors import InputError
+
+__all__ = ["LIKELIHOODS", "Modality"]
+
+#: Likelihoods a modality may use.
+LIKELIHOODS = ("nb", "zinb", "poisson", "bernoulli")
+
+
+@dataclass(frozen=True)
+class Modality:
+    """Where one modality's counts live and which likelihood models them.
+
+    Parameters
+    ----------
+    layer
+        Layer of the modality's AnnData holding raw counts; ``None`` means ``.X``.
+    obsm_key
+        Read the counts from ``.obsm[obsm_key]`` instead (e.g. CITE-seq protein counts stored next to
+        the RNA); a DataFrame's columns name the features.
+    likelihood
+        One of ``"nb"``, ``"zinb"``, ``"poisson"`` (counts) or ``"bernoulli"`` (0/1 values).
+    binarize
+        Turn counts into presence (``x > 0``) before modelling; for accessibility with ``"bernoulli"``.
+    """
+
+    layer: str | None = None
+    obsm_key: str | None = None
+    likelihood: str = "nb"
+    binarize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in LIKELIHOODS:
+            raise InputError(
+                f"Unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}."
+            )
+        if self.layer is not None and self.obsm_key is not None:
+            raise InputError("Give a modality either layer= or obsm_key=, not both.")
+
+    @property
+    def source(self) -> str:
+        """Where the counts are read from: ``"X"``, ``"layers/NAME"`` or ``"obsm/KEY"``."""
+        if self.obsm_key is not None:
+            return f"obsm/{self.obsm_key}"
+        return "X" if self.layer is None else f"layers/{self.layer}"

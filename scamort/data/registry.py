@@ -1,0 +1,179 @@
+"""What a model learned about its training data's layout: features, categories, sources.
+
+The registry is plain data (JSON round trip) and is the only thing used to turn any AnnData, the training
+object or a query, into tensors; so a subset, a view or a reordered copy is read the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import anndata as ad
+import numpy as np
+
+from scamort.data.modality import Modality
+from scamort.data.validation import check_categorical_column, check_continuous_column
+from scamort.errors import InputError
+
+__all__ = ["ModalityRegistry", "Registry", "build_registry"]
+
+
+@dataclass(frozen=True)
+class ModalityRegistry:
+    """One modality: its name, the user's spec and its feature names in model order."""
+
+    name: str
+    modality: Modality
+    feature_names: tuple[str, ...]
+
+    @property
+    def n_features(self) -> int:
+        """Number of features the model has for this modality."""
+        return len(self.feature_names)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The data layout a model was built for.
+
+    Attributes
+    ----------
+    modalities
+        One entry per modality, in model order.
+    batch_key, batch_categories
+        The batch column and its categories (a single category ``("0",)`` when there is no batch).
+    labels_key, label_categories
+        Optional cell labels, kept for downstream use (not used by the unsupervised model).
+    categorical_covariates
+        ``(key, categories)`` pairs of extra categorical covariates.
+    continuous_covariate_keys
+        Names of continuous covariates (obs columns).
+    """
+
+    modalities: tuple[ModalityRegistry, ...]
+    batch_key: str | None
+    batch_categories: tuple[str, ...]
+    labels_key: str | None
+    label_categories: tuple[str, ...]
+    categorical_covariates: tuple[tuple[str, tuple[str, ...]], ...]
+    continuous_covariate_keys: tuple[str, ...]
+
+    @property
+    def n_batch(self) -> int:
+        """Number of batches (1 without a batch key)."""
+        return len(self.batch_categories)
+
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        """Modality names in model order."""
+        return tuple(m.name for m in self.modalities)
+
+    def modality(self, name: str) -> ModalityRegistry:
+        """The entry of modality ``name``; a clear error for unknown names."""
+        for entry in self.modalities:
+            if entry.name == name:
+                return entry
+        raise InputError(
+            f"Unknown modality {name!r}; this model has {', '.join(self.modality_names)}."
+        )
+
+    def categorical_sizes(self) -> tuple[int, ...]:
+        """Category counts of the covariates injected into the decoders (batch first, if any)."""
+        sizes = [len(c) for _, c in self.categorical_covariates]
+        return (self.n_batch, *sizes) if self.batch_key is not None else tuple(sizes)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Registry:
+        """Inverse of :meth:`to_dict`."""
+        modalities = tuple(
+            ModalityRegistry(
+                name=m["name"],
+                modality=Modality(**m["modality"]),
+                feature_names=tuple(m["feature_names"]),
+            )
+            for m in data["modalities"]
+        )
+        return cls(
+            modalities=modalities,
+            batch_key=data["batch_key"],
+            batch_categories=tuple(data["batch_categories"]),
+            labels_key=data["labels_key"],
+            label_categories=tuple(data["label_categories"]),
+            categorical_covariates=tuple(
+                (key, tuple(cats)) for key, cats in data["categorical_covariates"]
+            ),
+            continuous_covariate_keys=tuple(data["continuous_covariate_keys"]),
+        )
+
+
+def _categories(adata: ad.AnnData, key: str, role: str) -> tuple[str, ...]:
+    column = check_categorical_column(adata.obs, key, role)
+    original = adata.obs[key]
+    if hasattr(original, "cat"):
+        used = set(column)
+        return tuple(str(c) for c in original.cat.categories if str(c) in used)
+    return tuple(sorted(set(column)))
+
+
+def build_registry(
+    modality_features: Mapping[str, tuple[Modality, Sequence[str]]],
+    adata: ad.AnnData,
+    *,
+    batch_key: str | None,
+    labels_key: str | None,
+    categorical_covariate_keys: Sequence[str] | None,
+    continuous_covariate_keys: Sequence[str] | None,
+) -> Registry:
+    """Record the layout of the training data.
+
+    Parameters
+    ----------
+    modality_features
+        Modality name -> (its spec, its feature names).
+    adata
+        The object whose ``.obs`` holds the batch, label and covariate columns.
+    """
+    categorical_keys = list(categorical_covariate_keys or [])
+    continuous_keys = list(continuous_covariate_keys or [])
+    for key in continuous_keys:
+        check_continuous_column(adata.obs, key, "Continuous covariate")
+    modalities = tuple(
+        ModalityRegistry(name, modality, tuple(map(str, names)))
+        for name, (modality, names) in modality_features.items()
+    )
+    for entry in modalities:
+        if len(set(entry.feature_names)) != entry.n_features:
+            raise InputError(
+                f"Modality {entry.name!r} has duplicated feature names; make them unique first "
+                "(e.g. adata.var_names_make_unique())."
+            )
+    return Registry(
+        modalities=modalities,
+        batch_key=batch_key,
+        batch_categories=_categories(adata, batch_key, "batch_key") if batch_key else ("0",),
+        labels_key=labels_key,
+        label_categories=_categories(adata, labels_key, "labels_key") if labels_key else (),
+        categorical_covariates=tuple(
+            (key, _categories(adata, key, "Categorical covariate")) for key in categorical_keys
+        ),
+        continuous_covariate_keys=tuple(continuous_keys),
+    )
+
+
+def category_codes(adata: ad.AnnData, key: str, categories: Sequence[str], role: str) -> np.ndarray:
+    """Integer codes of ``adata.obs[key]`` in the registry's category order; unseen ones refused."""
+    column = check_categorical_column(adata.obs, key, role)
+    lookup = {c: i for i, c in enumerate(categories)}
+    codes = column.map(lookup)
+    unseen = column[codes.isna()].unique()
+    if len(unseen):
+        raise InputError(
+            f"{role} {key!r} has categories the model was not trained on "
+            f"({', '.join(map(repr, unseen[:5]))}); the model knows {', '.join(map(repr, categories[:10]))}."
+        )
+    return codes.to_numpy(dtype=np.int64)

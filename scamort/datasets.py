@@ -1,0 +1,39 @@
+"""Small real datasets that ship inside the package (see data/README.md for sources and licences)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import anndata as ad
+
+__all__ = ["bmmc_cite", "bundled_path", "worm_neurons"]
+
+
+def bundled_path(filename: str) -> Path:
+    """Path of a bundled file: inside the installed package, or ``data/`` of a source checkout."""
+    installed = resources.files("scamort") / "_bundled" / filename
+    if installed.is_file():
+        return Path(str(installed))
+    checkout = Path(__file__).resolve().parent.parent / "data" / filename
+    if checkout.is_file():
+        return checkout
+    raise FileNotFoundError(f"Bundled file {filename!r} is missing from this scamort installation.")
+
+
+def worm_neurons() -> ad.AnnData:
+    """C. elegans neurons, sci-RNA-seq (Cao et al. 2017): 4186 cells × 13488 genes, raw counts.
+
+    ``obs["label"]`` holds the 10 neuron classes. Source: github ttgump/scDeepCluster (Apache-2.0).
+    """
+    return ad.read_h5ad(bundled_path("worm_neuron_cao2017_4186.h5ad"))
+
+
+def bmmc_cite() -> ad.AnnData:
+    """Bone-marrow CITE-seq (NeurIPS 2021, GSE194122 starter subset): 600 cells, raw counts.
+
+    RNA: 1000 genes in ``X`` (and ``layers["counts"]``); protein: 134 ADT counts in
+    ``obsm["protein_expression"]`` (DataFrame). ``obs``: ``cell_type`` (41), ``batch`` (2 donors/sites),
+    ``phase``. Source: openproblems-bio/neurips2021_multimodal_viash (MIT).
+    """
+    return ad.read_h5ad(bundled_path("bmmc_cite_starter.rna_protein.h5ad"))

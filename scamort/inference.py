@@ -1,0 +1,221 @@
+"""Posterior queries on a trained VAE, chunked over cells so memory stays bounded.
+
+Each function takes the module, the cells as :class:`CellData` (already on the module's device) and the
+positions to use, and returns numpy arrays. ``posteriors`` optionally replaces the encoders' q(z|x) for
+those cells (e.g. refined posteriors), given as ``(mean, log_variance)`` arrays ``(n_cells, n_latent)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from scamort.data.cell_data import CellData, Minibatch, ModalityBatch
+from scamort.module import VAE, Posterior, gaussian_kl, standard_normal_log_prob
+
+__all__ = [
+    "elbo_terms",
+    "latent",
+    "marginal_log_likelihood",
+    "normalized_expression",
+    "posterior_predictive",
+]
+
+#: Upper bound on decoded (cells × samples) rows held at once: keeps dense (rows, features) buffers small.
+MAX_DECODED_ROWS = 16_384
+
+PosteriorArrays = tuple[np.ndarray, np.ndarray]
+
+
+def _batches(
+    module: VAE,
+    data: CellData,
+    index: np.ndarray,
+    batch_size: int,
+    posteriors: PosteriorArrays | None,
+    modalities: tuple[str, ...] | None = None,
+) -> Iterator[tuple[Minibatch, Posterior]]:
+    """Minibatches over ``index`` with their posterior (encoders', or the given arrays)."""
+    device = data.device
+    for start in range(0, len(index), batch_size):
+        chunk = torch.as_tensor(index[start : start + batch_size], device=device)
+        batch = data.minibatch(chunk)
+        if posteriors is None:
+            posterior = module.posterior(batch, modalities)
+        else:
+            rows = slice(start, start + batch_size)
+            posterior = Posterior(
+                torch.as_tensor(posteriors[0][rows], device=device),
+                torch.as_tensor(posteriors[1][rows], device=device),
+            )
+        yield batch, posterior
+
+
+@torch.no_grad()
+def latent(
+    module: VAE,
+    data: CellData,
+    index: np.ndarray,
+    *,
+    give_mean: bool = True,
+    modalities: tuple[str, ...] | None = None,
+    batch_size: int = 4096,
+    posteriors: PosteriorArrays | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean (or one sample) and log-variance per cell, each ``(n_cells, n_latent)``."""
+    module.eval()
+    means, log_variances = [], []
+    for _, posterior in _batches(module, data, index, batch_size, posteriors, modalities):
+        means.append((posterior.mean if give_mean else posterior.rsample()).cpu().numpy())
+        log_variances.append(posterior.log_variance.cpu().numpy())
+    return np.concatenate(means), np.concatenate(log_variances)
+
+
+@torch.no_grad()
+def elbo_terms(
+    module: VAE,
+    data: CellData,
+    index: np.ndarray,
+    *,
+    n_samples: int = 1,
+    batch_size: int = 1024,
+    posteriors: PosteriorArrays | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-cell reconstruction log-likelihood per modality and KL, averaged over ``n_samples`` draws.
+
+    Returns
+    -------
+    reconstruction
+        Modality name -> ``E_q log p(x_m | z)`` per cell, ``(n_cells,)``.
+    kl
+        KL(q || prior) per cell, ``(n_cells,)``.
+    """
+    module.eval()
+    reconstruction: dict[str, list[np.ndarray]] = {name: [] for name in module.modality_names}
+    kls = []
+    for batch, posterior in _batches(module, data, index, batch_size, posteriors):
+        sums = {name: 0.0 for name in module.modality_names}
+        for _ in range(n_samples):
+            for name, value in module.reconstruction(posterior.rsample(), batch).items():
+                sums[name] = sums[name] + value
+        for name in module.modality_names:
+            reconstruction[name].append((sums[name] / n_samples).cpu().numpy())
+        kls.append(gaussian_kl(posterior).cpu().numpy())
+    return {k: np.concatenate(v) for k, v in reconstruction.items()}, np.concatenate(kls)
+
+
+def _repeat(batch: Minibatch, n: int) -> Minibatch:
+    """The minibatch with every cell repeated ``n`` times (sample-major: all cells, then again)."""
+    index = torch.arange(batch.size, device=batch.batch_index.device).repeat(n)
+    modalities = {
+        name: ModalityBatch(
+            counts=modality.counts.repeat(n),
+            log_library=modality.log_library[index],
+            present=modality.present[index],
+        )
+        for name, modality in batch.modalities.items()
+    }
+    return Minibatch(
+        modalities=modalities,
+        batch_index=batch.batch_index[index],
+        categorical=batch.categorical[index],
+        continuous=batch.continuous[index],
+    )
+
+
+@torch.no_grad()
+def marginal_log_likelihood(
+    module: VAE,
+    data: CellData,
+    index: np.ndarray,
+    *,
+    n_mc_samples: int = 1000,
+    batch_size: int = 256,
+    posteriors: PosteriorArrays | None = None,
+) -> np.ndarray:
+    """Importance-sampled ``log p(x)`` per cell with q(z|x) as the proposal, ``(n_cells,)``.
+
+    ``log p(x) ≈ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K``, with the K samples
+    processed in chunks of at most ``MAX_DECODED_ROWS`` decoded rows.
+    """
+    module.eval()
+    out = []
+    for batch, posterior in _batches(module, data, index, batch_size, posteriors):
+        samples_per_chunk = max(1, MAX_DECODED_ROWS // batch.size)
+        log_weights = []
+        done = 0
+        while done < n_mc_samples:
+            k = min(samples_per_chunk, n_mc_samples - done)
+            repeated = _repeat(batch, k)
+            mean = posterior.mean.repeat(k, 1)
+            log_variance = posterior.log_variance.repeat(k, 1)
+            z = Posterior(mean, log_variance).rsample()
+            log_lik = torch.stack(list(module.reconstruction(z, repeated).values())).sum(0)
+            log_weight = (
+                log_lik + standard_normal_log_prob(z) - Posterior(mean, log_variance).log_prob(z)
+            )
+            log_weights.append(log_weight.view(k, batch.size))
+            done += k
+        stacked = torch.cat(log_weights).double()
+        out.append((torch.logsumexp(stacked, 0) - math.log(n_mc_samples)).cpu().numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def normalized_expression(
+    module: VAE,
+    data: CellData,
+    index: np.ndarray,
+    *,
+    modality: str,
+    transform_batch: int | None = None,
+    n_samples: int = 1,
+    batch_size: int = 1024,
+    posteriors: PosteriorArrays | None = None,
+) -> np.ndarray:
+    """Expected expression proportions of ``modality`` per cell, averaged over ``n_samples`` z draws
+    (the posterior mean when ``n_samples == 1``), shape ``(n_cells, n_features)``.
+
+    ``transform_batch`` decodes every cell as if it came from that batch (code), removing batch effects.
+    """
+    module.eval()
+    decoder = module.decoders[modality]
+    out = []
+    for batch, posterior in _batches(module, data, index, batch_size, posteriors):
+        categorical = batch.categorical
+        if transform_batch is not None and categorical.shape[1]:
+            categorical = categorical.clone()
+            categorical[:, 0] = transform_batch
+        total = 0.0
+        for _ in range(n_samples):
+            z = posterior.mean if n_samples == 1 else posterior.rsample()
+            total = total + decoder.proportions(
+                z, categorical=categorical, continuous=batch.continuous
+            )
+        out.append((total / n_samples).cpu().numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def posterior_predictive(
+    module: VAE,
+    data: CellData,
+    index: np.ndarray,
+    *,
+    modality: str,
+    n_samples: int = 1,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Counts drawn from p(x | z), z ~ q(z | x), shape ``(n_samples, n_cells, n_features)``."""
+    module.eval()
+    out = []
+    for batch, posterior in _batches(module, data, index, batch_size, None):
+        draws = [
+            module.generative(posterior.rsample(), batch)[modality].sample().cpu().numpy()
+            for _ in range(n_samples)
+        ]
+        out.append(np.stack(draws))
+    return np.concatenate(out, axis=1)

@@ -1,0 +1,475 @@
+"""``scamort.Model``: the AnnData-facing class that composes data, module, training and inference."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from scamort import inference, io
+from scamort.data import CellData, Modality, Registry, build_registry, encode_cells
+from scamort.data.reading import read_counts
+from scamort.errors import InputError
+from scamort.module import VAE, ModuleConfig
+from scamort.nn import DISPERSIONS
+from scamort.train import TrainConfig, default_max_epochs, fit, resolve_device
+
+__all__ = ["Model"]
+
+logger = logging.getLogger(__name__)
+
+RNA_LIKELIHOODS = ("nb", "zinb", "poisson")
+
+
+def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
+    if value not in choices:
+        raise InputError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}.")
+
+
+def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
+    if not isinstance(value, int | np.integer) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+class Model:
+    """A negative-binomial VAE for single-cell counts.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes AnnData with raw counts (in ``.X`` or ``layer``). Only read, never modified.
+    layer
+        Layer holding raw counts; ``None`` uses ``.X``.
+    batch_key
+        ``.obs`` column of batches; decoders condition on it (batch correction).
+    labels_key
+        ``.obs`` column of cell labels, recorded for downstream use.
+    categorical_covariate_keys, continuous_covariate_keys
+        Extra ``.obs`` columns the decoders condition on.
+    n_latent, n_hidden, n_layers, dropout_rate
+        Latent dimension, hidden width, hidden layers per network, encoder dropout.
+    likelihood
+        ``"nb"`` (negative binomial), ``"zinb"`` (zero-inflated NB) or ``"poisson"``.
+    dispersion
+        ``"gene"`` (one inverse dispersion per gene) or ``"gene-batch"`` (per gene and batch).
+    seed
+        Seeds the weights, the training split and all sampling during training.
+
+    Examples
+    --------
+    >>> import scamort, scanpy as sc
+    >>> adata = scamort.datasets.worm_neurons()
+    >>> model = scamort.Model(adata)
+    >>> model.train(max_epochs=50)
+    >>> scamort.tl.embed(adata, model)
+    >>> sc.pp.neighbors(adata, use_rep="X_scamort")
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        *,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        likelihood: str = "nb",
+        dispersion: str = "gene",
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(adata, ad.AnnData):
+            raise InputError(f"Model expects an AnnData, got {type(adata).__name__}.")
+        _check_choice(likelihood, RNA_LIKELIHOODS, "likelihood")
+        _check_choice(dispersion, DISPERSIONS, "dispersion")
+        for value, name in ((n_latent, "n_latent"), (n_hidden, "n_hidden"), (n_layers, "n_layers")):
+            _check_positive_int(value, name)
+        if not 0 <= dropout_rate < 1:
+            raise InputError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
+        init_params = {
+            "layer": layer,
+            "batch_key": batch_key,
+            "labels_key": labels_key,
+            "categorical_covariate_keys": list(categorical_covariate_keys or []),
+            "continuous_covariate_keys": list(continuous_covariate_keys or []),
+            "n_latent": n_latent,
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "dropout_rate": dropout_rate,
+            "likelihood": likelihood,
+            "dispersion": dispersion,
+            "seed": seed,
+        }
+        modality = Modality(layer=layer, likelihood=likelihood)
+        _, feature_names, _ = read_counts(adata, modality, "rna")
+        registry = build_registry(
+            {"rna": (modality, feature_names)},
+            adata,
+            batch_key=batch_key,
+            labels_key=labels_key,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+        )
+        self._setup(adata, registry, init_params)
+
+    # ------------------------------------------------------------------ construction
+    def _setup(self, adata: ad.AnnData, registry: Registry, init_params: dict[str, Any]) -> None:
+        self.adata = adata
+        self.registry = registry
+        self.init_params = init_params
+        self._data: CellData = encode_cells(adata, registry)
+        config = ModuleConfig(
+            modalities=tuple(
+                (m.name, m.n_features, m.modality.likelihood) for m in registry.modalities
+            ),
+            n_latent=init_params["n_latent"],
+            n_hidden=init_params["n_hidden"],
+            n_layers=init_params["n_layers"],
+            dropout_rate=init_params["dropout_rate"],
+            dispersion=init_params["dispersion"],
+            n_batch=registry.n_batch,
+            categorical_sizes=registry.categorical_sizes(),
+            n_continuous=len(registry.continuous_covariate_keys),
+        )
+        torch.manual_seed(init_params["seed"])
+        self.module = VAE(config)
+        self.history: pd.DataFrame | None = None
+        self.train_indices: np.ndarray | None = None
+        self.validation_indices: np.ndarray | None = None
+        self.is_trained = False
+
+    @property
+    def n_latent(self) -> int:
+        """Latent dimension."""
+        return self.module.config.n_latent
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's weights are."""
+        return next(self.module.parameters()).device
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        train_size: float = 0.9,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 30,
+        device: str = "auto",
+        kl_warmup_epochs: int | None = None,
+        progress_bar: bool = True,
+    ) -> pd.DataFrame:
+        """Fit the model by minibatch stochastic variational inference.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; default ``min(400, max(10, 8e6 / n_cells))``.
+        batch_size
+            Cells per gradient step.
+        lr, weight_decay
+            AdamW learning rate and weight decay.
+        train_size
+            Fraction of cells trained on; the rest forms the validation split.
+        early_stopping, early_stopping_patience
+            Stop once the validation ELBO has not improved for this many epochs after warm-up, keeping
+            the best weights.
+        device
+            ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        kl_warmup_epochs
+            Epochs of linear KL warm-up to weight 1; default a quarter of ``max_epochs``.
+        progress_bar
+            Show a progress bar.
+
+        Returns
+        -------
+        The training history (also ``self.history``): per epoch ``kl_weight``, ``train_loss``,
+        ``train_elbo``, ``train_reconstruction``, ``train_kl``, ``validation_elbo``,
+        ``validation_reconstruction``, ``validation_kl`` (per-cell means; validation NaN when
+        ``train_size == 1``) and ``seconds``.
+        """
+        max_epochs = default_max_epochs(self._data.n_cells) if max_epochs is None else max_epochs
+        config = TrainConfig(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            train_size=train_size,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            kl_warmup_epochs=max(1, max_epochs // 4)
+            if kl_warmup_epochs is None
+            else kl_warmup_epochs,
+            seed=self.init_params["seed"],
+        )
+        result = fit(
+            self.module,
+            self._data,
+            config,
+            device=resolve_device(device),
+            progress_bar=progress_bar,
+        )
+        self.history = result.history
+        self.train_indices = result.train_indices
+        self.validation_indices = result.validation_indices
+        self.is_trained = True
+        return self.history
+
+    # ------------------------------------------------------------------ data access
+    def _cells(
+        self, adata: ad.AnnData | None, indices: Sequence[int] | np.ndarray | None
+    ) -> tuple[CellData, np.ndarray, pd.Index]:
+        """Tensors on the model's device, the positions to use, and their obs names."""
+        if adata is None:
+            source, data = self.adata, self._data
+        else:
+            if not isinstance(adata, ad.AnnData):
+                raise InputError(f"Expected an AnnData, got {type(adata).__name__}.")
+            source, data = adata, encode_cells(adata, self.registry)
+        if indices is None:
+            index = np.arange(data.n_cells)
+        else:
+            index = np.asarray(indices)
+            if index.dtype == bool:
+                index = np.flatnonzero(index)
+            if index.size and (index.min() < -data.n_cells or index.max() >= data.n_cells):
+                raise InputError(f"indices must lie in [0, {data.n_cells}); got {index.max()}.")
+            index = np.where(index < 0, index + data.n_cells, index).astype(np.int64)
+        return data.to(self.device), index, source.obs_names[index]
+
+    def _modality_name(self, modality: str | None) -> str:
+        return (
+            self.registry.modalities[0].name
+            if modality is None
+            else self.registry.modality(modality).name
+        )
+
+    # ------------------------------------------------------------------ queries
+    def get_latent_representation(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        give_mean: bool = True,
+        modality: str | None = None,
+    ) -> np.ndarray:
+        """Posterior of the latent per cell.
+
+        Parameters
+        ----------
+        adata
+            Cells to embed (default: the training AnnData); any AnnData with the model's genes.
+        indices
+            Positions of cells within ``adata`` (default all).
+        give_mean
+            Posterior mean (default) or one sample.
+        modality
+            Use only this modality's expert (with the prior); default the joint posterior.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+        """
+        data, index, _ = self._cells(adata, indices)
+        modalities = None if modality is None else (self._modality_name(modality),)
+        mean, _ = inference.latent(
+            self.module, data, index, give_mean=give_mean, modalities=modalities
+        )
+        return mean
+
+    def get_normalized_expression(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        transform_batch: str | None = None,
+        library_size: float = 1e4,
+        n_samples: int = 1,
+        modality: str | None = None,
+    ) -> pd.DataFrame:
+        """Denoised expression: ``library_size ×`` the decoder's expression proportions.
+
+        Parameters
+        ----------
+        transform_batch
+            Decode every cell as if it came from this batch (batch-corrected expression).
+        library_size
+            Counts per cell of the output (``1e4``: counts per 10k).
+        n_samples
+            Average over this many posterior samples (1: use the posterior mean).
+
+        Returns
+        -------
+        DataFrame cells × features (index: obs names, columns: feature names).
+        """
+        _check_positive_int(n_samples, "n_samples")
+        data, index, names = self._cells(adata, indices)
+        name = self._modality_name(modality)
+        batch_code = None
+        if transform_batch is not None:
+            if self.registry.batch_key is None:
+                raise InputError("transform_batch needs a model trained with batch_key.")
+            categories = self.registry.batch_categories
+            if str(transform_batch) not in categories:
+                raise InputError(
+                    f"transform_batch={transform_batch!r} is not a batch of this model "
+                    f"({', '.join(categories)})."
+                )
+            batch_code = categories.index(str(transform_batch))
+        values = inference.normalized_expression(
+            self.module,
+            data,
+            index,
+            modality=name,
+            transform_batch=batch_code,
+            n_samples=n_samples,
+        )
+        return pd.DataFrame(
+            values * library_size,
+            index=names,
+            columns=list(self.registry.modality(name).feature_names),
+        )
+
+    def get_elbo(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        return_mean: bool = True,
+    ) -> float | np.ndarray:
+        """Evidence lower bound per cell (a log-density: negative for counts, higher is better).
+
+        One reparameterised sample per cell, KL weight 1. Returns the mean over cells, or one value per
+        cell (shape ``(n_cells,)``) with ``return_mean=False``.
+        """
+        data, index, _ = self._cells(adata, indices)
+        reconstruction, kl = inference.elbo_terms(self.module, data, index)
+        elbo = sum(reconstruction.values()) - kl
+        return float(elbo.mean()) if return_mean else elbo
+
+    def get_reconstruction_error(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        return_mean: bool = True,
+    ) -> dict[str, float | np.ndarray]:
+        """Expected reconstruction log-likelihood ``E_q log p(x_m | z)`` per modality.
+
+        Returns
+        -------
+        Modality name -> mean over cells (or per-cell array ``(n_cells,)`` with ``return_mean=False``).
+        """
+        data, index, _ = self._cells(adata, indices)
+        reconstruction, _ = inference.elbo_terms(self.module, data, index)
+        return {k: float(v.mean()) if return_mean else v for k, v in reconstruction.items()}
+
+    def get_marginal_ll(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        n_mc_samples: int = 1000,
+        return_mean: bool = True,
+    ) -> float | np.ndarray:
+        """Importance-sampled marginal log-likelihood ``log p(x)`` per cell (q as the proposal).
+
+        Returns the mean over cells, or ``(n_cells,)`` with ``return_mean=False``.
+        """
+        _check_positive_int(n_mc_samples, "n_mc_samples")
+        data, index, _ = self._cells(adata, indices)
+        values = inference.marginal_log_likelihood(
+            self.module, data, index, n_mc_samples=n_mc_samples
+        )
+        return float(values.mean()) if return_mean else values
+
+    def posterior_predictive_sample(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        n_samples: int = 1,
+        modality: str | None = None,
+    ) -> np.ndarray:
+        """Counts drawn from the posterior predictive: z ~ q(z|x), x' ~ p(x|z).
+
+        Returns
+        -------
+        Array of shape ``(n_samples, n_cells, n_features)``.
+        """
+        _check_positive_int(n_samples, "n_samples")
+        data, index, _ = self._cells(adata, indices)
+        return inference.posterior_predictive(
+            self.module, data, index, modality=self._modality_name(modality), n_samples=n_samples
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
+        """Write the model to ``dir_path`` (JSON spec + weights), atomically.
+
+        Raises
+        ------
+        FileExistsError
+            If ``dir_path`` exists and ``overwrite`` is False.
+        """
+        io.save(
+            dir_path,
+            overwrite=overwrite,
+            init_params=self.init_params,
+            registry=self.registry.to_dict(),
+            state_dict=self.module.state_dict(),
+            history=self.history,
+            split={
+                "train_indices": self.train_indices,
+                "validation_indices": self.validation_indices,
+            },
+            is_trained=self.is_trained,
+        )
+
+    @classmethod
+    def load(cls, dir_path: str | Path, adata: ad.AnnData, device: str = "auto") -> Model:
+        """Load a saved model onto ``adata`` (genes aligned by name; categories must be known).
+
+        Raises
+        ------
+        InputError
+            If ``adata`` lacks the model's genes, has unseen categories, or the save format is
+            incompatible.
+        """
+        saved = io.load(dir_path)
+        model = cls.__new__(cls)
+        model._setup(adata, Registry.from_dict(saved.registry), saved.init_params)
+        model.module.load_state_dict(saved.state_dict)
+        model.module.to(resolve_device(device)).eval()
+        model.history = saved.history
+        model.train_indices = saved.split.get("train_indices")
+        model.validation_indices = saved.split.get("validation_indices")
+        model.is_trained = saved.is_trained
+        return model
+
+    def __repr__(self) -> str:
+        modalities = ", ".join(
+            f"{m.name}: {m.n_features} features, {m.modality.likelihood}"
+            for m in self.registry.modalities
+        )
+        state = (
+            f"trained {len(self.history)} epochs"
+            if self.is_trained and self.history is not None
+            else ("trained" if self.is_trained else "not trained")
+        )
+        batches = (
+            f", {self.registry.n_batch} batches ({self.registry.batch_key!r})"
+            if self.registry.batch_key
+            else ""
+        )
+        return (
+            f"scamort.Model({self._data.n_cells} cells; {modalities}{batches}; "
+            f"n_latent={self.n_latent}; {state})"
+        )

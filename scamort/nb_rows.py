@@ -1,0 +1,100 @@
+"""Per-cell negative-binomial log-likelihood with a hand-written backward pass.
+
+The training step's dominant cost is elementwise work on dense ``(cells, genes)`` matrices. Autograd on
+the NB formula allocates and fills several dense gradient buffers (one per gathered term). Here the
+forward pass makes four dense passes (``exp``, ``+``, ``log``, a matrix-vector product) and the backward
+pass three, with the count-dependent terms touched only at the nonzero entries. The result and the
+gradients are exact (checked against autograd on the dense formula with ``gradcheck`` in the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["negative_binomial_rows"]
+
+
+class _NegativeBinomialRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, log_mu, log_theta, row, col, values):
+        n_rows, n_features = log_mu.shape
+        theta = log_theta.exp()
+        mu = log_mu.exp()
+        theta_plus_mu = theta + mu
+        log_theta_plus_mu = theta_plus_mu.log()
+        per_feature = log_theta.dim() == 1
+        if per_feature:
+            at_zero = (theta * log_theta).sum() - log_theta_plus_mu @ theta
+        else:
+            at_zero = (theta * (log_theta - log_theta_plus_mu)).sum(-1)
+        flat = row * n_features + col
+        theta_nz = theta[col] if per_feature else theta.reshape(-1)[flat]
+        nonzero = (
+            torch.lgamma(values + theta_nz)
+            - torch.lgamma(theta_nz)
+            + values * (log_mu.reshape(-1)[flat] - log_theta_plus_mu.reshape(-1)[flat])
+        )
+        ctx.save_for_backward(
+            log_theta, theta, mu, theta_plus_mu, log_theta_plus_mu, row, col, values
+        )
+        return at_zero.index_add(0, row, nonzero)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        log_theta, theta, mu, theta_plus_mu, log_theta_plus_mu, row, col, values = ctx.saved_tensors
+        n_features = mu.shape[1]
+        per_feature = log_theta.dim() == 1
+        flat = row * n_features + col
+        ratio = theta / theta_plus_mu  # theta / (theta + mu), (rows, features)
+        grad_out_nz = grad_out[row]
+        ratio_nz = ratio.reshape(-1)[flat]
+        grad_log_mu = grad_log_theta = None
+        if ctx.needs_input_grad[0]:
+            # d/dlog(mu): -theta mu / (theta + mu) everywhere, + x theta / (theta + mu) at nonzeros
+            grad_log_mu = mu * ratio
+            grad_log_mu.mul_(-grad_out.unsqueeze(1))
+            grad_log_mu.reshape(-1).index_add_(0, flat, grad_out_nz * values * ratio_nz)
+        if ctx.needs_input_grad[1]:
+            theta_nz = theta[col] if per_feature else theta.reshape(-1)[flat]
+            nonzero = grad_out_nz * (
+                torch.digamma(values + theta_nz)
+                - torch.digamma(theta_nz)
+                - values * ratio_nz / theta_nz
+            )
+            # d/dtheta at zero counts: log theta + 1 - log(theta + mu) - theta / (theta + mu)
+            if per_feature:
+                grad_theta = grad_out.sum() * (log_theta + 1) - grad_out @ log_theta_plus_mu
+                grad_theta -= grad_out @ ratio
+                grad_theta.index_add_(0, col, nonzero)
+            else:
+                grad_theta = (log_theta + 1 - log_theta_plus_mu - ratio) * grad_out.unsqueeze(1)
+                grad_theta.reshape(-1).index_add_(0, flat, nonzero)
+            grad_log_theta = grad_theta * theta
+        return grad_log_mu, grad_log_theta, None, None, None
+
+
+def negative_binomial_rows(
+    log_mu: torch.Tensor,
+    log_theta: torch.Tensor,
+    row: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_g [log NB(x_ng; mu_ng, theta_g) + lgamma(x_ng + 1)]`` per cell (without ``lgamma(x+1)``).
+
+    Parameters
+    ----------
+    log_mu
+        Log means, shape ``(n_rows, n_features)``.
+    log_theta
+        Log inverse dispersions, shape ``(n_features,)`` or ``(n_rows, n_features)``.
+    row, col, values
+        Nonzero counts as coordinates, shape ``(nnz,)`` each.
+
+    Returns
+    -------
+    Tensor of shape ``(n_rows,)``; differentiable in ``log_mu`` and ``log_theta``.
+    """
+    return _NegativeBinomialRows.apply(log_mu, log_theta.expand(log_theta.shape), row, col, values)

@@ -1,0 +1,15 @@
+"""Tools: functions that take ``adata`` first and write results into it (like ``scanpy.tl``).
+
+Examples
+--------
+>>> import scamort, scanpy as sc
+>>> scamort.tl.embed(adata, model)  # writes adata.obsm["X_scamort"]
+>>> sc.pp.neighbors(adata, use_rep="X_scamort")
+>>> scamort.tl.write_embedding(adata, "embedding.parquet")
+"""
+
+from __future__ import annotations
+
+from scamort.export import embed, write_embedding
+
+__all__ = ["embed", "write_embedding"]

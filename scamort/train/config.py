@@ -1,0 +1,86 @@
+"""Training options as a frozen dataclass: every option named, every value checked at once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from scamort.errors import InputError
+
+__all__ = ["TrainConfig", "default_max_epochs", "resolve_device"]
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """Epoch budget for ``n_cells`` cells: about 8M cell visits, between 10 and 400 epochs.
+
+    Small data sets get many epochs (early stopping ends them), large ones a few.
+    """
+    return int(min(400, max(10, round(8_000_000 / max(n_cells, 1)))))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            "device='cuda' was asked for but CUDA is not available; use 'cpu' or 'auto'."
+        )
+    return resolved
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of :func:`scamort.train.fit`.
+
+    Attributes
+    ----------
+    max_epochs
+        Passes over the training cells.
+    batch_size
+        Cells per gradient step.
+    lr, weight_decay
+        AdamW learning rate and decoupled weight decay.
+    train_size
+        Fraction of cells trained on; the rest is the validation split (early stopping, history).
+    early_stopping, early_stopping_patience
+        Stop when the validation ELBO has not improved for this many epochs after KL warm-up, and
+        keep the best weights.
+    kl_warmup_epochs
+        Epochs over which the KL weight rises linearly from 0 to 1 (per step); 0 means weight 1 at once.
+    seed
+        Seeds the split, the shuffling, dropout and the reparameterisation noise.
+    validation_batch_size
+        Cells per forward pass when evaluating the validation split.
+    """
+
+    max_epochs: int
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    train_size: float = 0.9
+    early_stopping: bool = True
+    early_stopping_patience: int = 30
+    kl_warmup_epochs: int = 0
+    seed: int = 0
+    validation_batch_size: int = 2048
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_epochs >= 1, f"max_epochs must be at least 1, got {self.max_epochs}."),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}."),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}."),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}."),
+            (0 < self.train_size <= 1, f"train_size must be in (0, 1], got {self.train_size}."),
+            (self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0."),
+            (self.early_stopping_patience >= 1, "early_stopping_patience must be >= 1."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)

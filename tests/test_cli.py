@@ -1,0 +1,191 @@
+"""Tests for the ``scamort`` command line (scamort.cli), run in-process through ``main``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from scamort.cli import main
+from scamort.demo import METRIC_KEYS
+
+matplotlib.use("Agg")
+
+FAST = ["--epochs", "2", "--n-latent", "3", "--no-progress"]
+
+
+def write_counts(path: Path, n_cells: int = 100, n_genes: int = 30, seed: int = 0) -> Path:
+    """Write a small h5ad of Poisson counts with a batch column and return its path."""
+    rng = np.random.default_rng(seed)
+    adata = ad.AnnData(rng.poisson(rng.gamma(2.0, 1.0, size=n_genes), size=(n_cells, n_genes)))
+    adata.X = adata.X.astype(np.float32)
+    adata.obs_names = [f"cell{i}" for i in range(n_cells)]
+    adata.var_names = [f"gene{j}" for j in range(n_genes)]
+    adata.obs["batch"] = pd.Categorical(np.where(np.arange(n_cells) % 2 == 0, "b1", "b2"))
+    adata.write_h5ad(path)
+    return path
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    """stderr is exactly one ``scamort: error:`` line, containing every fragment."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("scamort: error: ")
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_commands_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("demo", "fit", "embed", "examples:", "X_scamort"):
+        assert text in out
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("demo", ["--out", "--epochs", "--quick"]),
+        (
+            "fit",
+            [
+                "--out",
+                "--layer",
+                "--batch-key",
+                "--epochs",
+                "--n-latent",
+                "--likelihood",
+                "--model-dir",
+                "--key-added",
+                "--no-progress",
+            ],
+        ),
+        ("embed", ["MODEL_DIR", "INPUT", "--out", "--key-added"]),
+    ],
+)
+def test_command_help_mentions_options(
+    capsys: pytest.CaptureFixture[str], command: str, options: list[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    for option in options:
+        assert option in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import scamort
+
+    assert main(["--version"]) == 0
+    assert scamort.__version__ in capsys.readouterr().out
+
+
+def test_help_in_a_real_process() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "scamort.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: scamort" in result.stdout
+
+
+def test_usage_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "cells.h5ad"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--out")
+
+
+def test_missing_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert_one_line_error(capsys.readouterr().err, "COMMAND")
+
+
+def test_bad_epochs_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "in.h5ad", "--out", str(tmp_path / "o.h5ad"), "--epochs", "-3"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--epochs")
+
+
+def test_fit_missing_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.h5ad"
+    assert main(["fit", str(missing), "--out", str(tmp_path / "o.h5ad"), *FAST]) == 2
+    assert_one_line_error(capsys.readouterr().err, "nope.h5ad")
+
+
+def test_fit_missing_batch_key_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_counts(tmp_path / "in.h5ad")
+    out = tmp_path / "o.h5ad"
+    assert main(["fit", str(source), "--out", str(out), "--batch-key", "donor", *FAST]) == 2
+    assert_one_line_error(capsys.readouterr().err, "donor")
+    assert not out.exists()
+
+
+def test_fit_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_counts(tmp_path / "in.h5ad")
+    assert main(["fit", str(source), "--out", str(source), *FAST]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--overwrite")
+
+
+def test_fit_bad_output_suffix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_counts(tmp_path / "in.h5ad")
+    assert main(["fit", str(source), "--out", str(tmp_path / "o.txt"), *FAST]) == 2
+    assert_one_line_error(capsys.readouterr().err, ".h5ad")
+
+
+def test_fit_then_embed_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_counts(tmp_path / "in.h5ad")
+    out, model_dir = tmp_path / "fitted.h5ad", tmp_path / "model"
+    args = ["fit", str(source), "--out", str(out), "--model-dir", str(model_dir)]
+    assert main([*args, "--batch-key", "batch", "--key-added", "X_test", *FAST]) == 0
+    assert str(out) in capsys.readouterr().out
+
+    fitted = ad.read_h5ad(out)
+    assert fitted.obsm["X_test"].shape == (100, 3)
+    assert fitted.uns["X_test"]["params"]["init_params"]["batch_key"] == "batch"
+    assert model_dir.is_dir()
+
+    query = write_counts(tmp_path / "query.h5ad", n_cells=40, seed=1)
+    embedded = tmp_path / "query_scamort.h5ad"
+    assert main(["embed", str(model_dir), str(query), "--out", str(embedded)]) == 0
+    assert ad.read_h5ad(embedded).obsm["X_scamort"].shape == (40, 3)
+
+    table = tmp_path / "query.csv"
+    assert main(["embed", str(model_dir), str(query), "--out", str(table)]) == 0
+    assert pd.read_csv(table, index_col=0).shape == (40, 3)
+
+
+def test_embed_missing_model_dir_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_counts(tmp_path / "in.h5ad")
+    code = main(
+        ["embed", str(tmp_path / "no_model"), str(source), "--out", str(tmp_path / "o.h5ad")]
+    )
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "no_model")
+
+
+def test_demo_quick_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("worm_scamort.h5ad", "umap.png", "training_curve.png", "metrics.json", "model"):
+        assert (out / name).exists(), name
+        assert name in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert metrics["n_genes"] == 2000 and metrics["n_cells"] == 4186
+    assert 0.0 <= metrics["nmi"] <= 1.0 and np.isfinite(metrics["heldout_elbo_per_cell"])
+    result = ad.read_h5ad(out / "worm_scamort.h5ad")
+    assert {"X_scamort", "X_umap"} <= set(result.obsm) and "leiden" in result.obs
