@@ -13,6 +13,7 @@ Results go to ``benchmarks/results/core_worm.json`` (``core_worm_quick.json`` fo
 from __future__ import annotations
 
 import argparse
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -298,6 +299,9 @@ def run_tool(
     print(f"[bench] running {name} ...", flush=True)
     train, heldout, all_cells = fresh_copies(adata, *split)
     labels = all_cells.obs["label"].to_numpy()
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(f"[bench] WARNING: 1-min load average {load_before:.2f}; timings may be off")
     reset_peak_rss()
     rss_before = current_rss_mb()
     try:
@@ -307,6 +311,8 @@ def run_tool(
         return {"error": repr(err), "traceback": traceback.format_exc()}
     record = summarise(run, labels, cfg, peak_rss_mb())
     record["rss_before_mb"] = rss_before
+    record["load_avg_1min_before"] = load_before
+    record["load_avg_1min_after"] = os.getloadavg()[0]
     print(f"[bench] {name}: {record['s_per_epoch']:.3f} s/epoch", flush=True)
     return record
 
@@ -359,7 +365,8 @@ def notes(cfg: Config) -> list[str]:
         "Default vs default: only architecture, likelihood, batch size and max epochs are set.",
         f"SCVI warms its KL weight up linearly over {SCVI_KL_WARMUP_EPOCHS} epochs, so after "
         f"{cfg.epochs} epochs its KL weight is only {scvi_kl:.3g} (0.25 after 100); scamort's "
-        "warm-up reaches 1. Both tools' held-out ELBOs are the full (unweighted) ELBO.",
+        "default warm-up reaches 1 (see each tool's final_kl_weight). Both tools' held-out "
+        "ELBOs are the full (unweighted) ELBO.",
         "Both tools split their training cells once more into train/validation at their "
         "defaults (train_size 0.9); n_train_cells counts the cells actually trained on.",
         "scamort defaults to early stopping (patience 30) and SCVI does not; epochs_run says "
@@ -374,6 +381,8 @@ def notes(cfg: Config) -> list[str]:
         "obs['label'].",
         "The tools run sequentially in one process; peak_rss_mb is reset before each tool "
         "(Linux /proc/self/clear_refs) and includes the shared data already in memory.",
+        "load_avg_1min_before/after is the machine's 1-minute load average around each tool; "
+        "values well above 0 mean something else was competing for the CPU.",
     ]
 
 

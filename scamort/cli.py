@@ -166,9 +166,7 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
     _add_output_arguments(fit)
     fit.add_argument("--layer", metavar="L", help="layer holding the counts (default: .X)")
     fit.add_argument("--batch-key", metavar="K", help=".obs column with the batch of each cell")
-    fit.add_argument(
-        "--epochs", type=_positive_int, metavar="N", help="maximum epochs (default: scamort's)"
-    )
+    fit.add_argument("--epochs", type=_positive_int, metavar="N", help="maximum epochs (default: scamort's)")
     fit.add_argument(
         "--n-latent",
         type=_positive_int,
@@ -176,20 +174,14 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         metavar="D",
         help="latent dimensions (default: 10)",
     )
-    fit.add_argument(
-        "--likelihood", choices=LIKELIHOODS, default="nb", help="count likelihood (default: nb)"
-    )
-    fit.add_argument(
-        "--model-dir", type=Path, metavar="DIR", help="also save the trained model here"
-    )
+    fit.add_argument("--likelihood", choices=LIKELIHOODS, default="nb", help="count likelihood (default: nb)")
+    fit.add_argument("--model-dir", type=Path, metavar="DIR", help="also save the trained model here")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     fit.add_argument("--no-progress", action="store_true", help="hide the training progress bar")
     fit.set_defaults(handler=_run_fit, base_verbosity=0)
 
 
-def _add_embed_parser(
-    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
-) -> None:
+def _add_embed_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``scamort embed``."""
     embed = commands.add_parser(
         "embed",

@@ -136,9 +136,7 @@ def run_demo(
     embed(adata, model, key_added=EMBEDDING_KEY)
     logger.info("Clustering and drawing a UMAP on .obsm[%r].", EMBEDDING_KEY)
     sc.pp.neighbors(adata, use_rep=EMBEDDING_KEY, random_state=seed)
-    sc.tl.leiden(
-        adata, resolution=1.0, random_state=seed, flavor="igraph", n_iterations=2, directed=False
-    )
+    sc.tl.leiden(adata, resolution=1.0, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
     sc.tl.umap(adata, random_state=seed)
 
     metrics = {
@@ -180,8 +178,17 @@ def prepare_worm_data() -> AnnData:
     adata = scamort.datasets.worm_neurons()
     sc.pp.filter_genes(adata, min_cells=3)
     sc.pp.highly_variable_genes(adata, n_top_genes=N_TOP_GENES, flavor="seurat_v3", subset=True)
-    adata.obs[LABEL_KEY] = adata.obs[LABEL_KEY].astype(str).astype("category")
+    adata.obs[LABEL_KEY] = _as_string_categories(adata.obs[LABEL_KEY])
     return adata
+
+
+def _as_string_categories(values: pd.Series) -> pd.Categorical:
+    """String categories, in numeric order when every label is an integer (1, 2, ..., 10)."""
+    names = values.astype(str)
+    unique = sorted(set(names))
+    if all(name.isdigit() for name in unique):
+        unique.sort(key=int)
+    return pd.Categorical(names, categories=unique)
 
 
 def heldout_split(n_cells: int, fraction: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

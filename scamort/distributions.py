@@ -109,21 +109,18 @@ class NegativeBinomial(CountDistribution):
         theta = log_theta.exp()
         log_mu = _at_nonzeros(self.log_mu, counts)
         return (
-            torch.lgamma(x + theta)
-            - torch.lgamma(theta)
-            + x * (log_mu - _at_nonzeros(log_theta_mu, counts))
+            torch.lgamma(x + theta) - torch.lgamma(theta) + x * (log_mu - _at_nonzeros(log_theta_mu, counts))
         )
 
     def log_prob_rows(self, counts: SparseBatch) -> torch.Tensor:
-        log_lik = negative_binomial_rows(
-            self.log_mu, self.log_theta, counts.row, counts.col, counts.values
-        )
+        log_lik = negative_binomial_rows(self.log_mu, self.log_theta, counts.row, counts.col, counts.values)
         return log_lik - counts.log_factorial
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             theta = self.log_theta.exp().expand(self.batch_shape)
-            rate = torch.distributions.Gamma(theta, theta / self.mean).sample(sample_shape)
+            mu = self.log_mu.exp().expand(self.batch_shape)
+            rate = torch.distributions.Gamma(theta, theta / mu).sample(sample_shape)
             return torch.poisson(rate)
 
 
@@ -140,9 +137,7 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         Logits of the zero-inflation probability, shape ``(n_cells, n_features)``.
     """
 
-    def __init__(
-        self, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor
-    ) -> None:
+    def __init__(self, log_mu: torch.Tensor, log_theta: torch.Tensor, zi_logits: torch.Tensor) -> None:
         self.zi_logits = zi_logits
         super().__init__(log_mu, log_theta)
 
@@ -206,11 +201,7 @@ class Poisson(CountDistribution):
 
     def log_prob_rows(self, counts: SparseBatch) -> torch.Tensor:
         nonzero = counts.values * _at_nonzeros(self.log_mu, counts)
-        return (
-            -self.log_mu.exp().sum(-1)
-            + _row_sum_of_nonzeros(nonzero, counts)
-            - counts.log_factorial
-        )
+        return -self.log_mu.exp().sum(-1) + _row_sum_of_nonzeros(nonzero, counts) - counts.log_factorial
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         with torch.no_grad():

@@ -78,10 +78,8 @@ def embed(
             ``None``).
     """
     if not model.is_trained:
-        logger.warning(
-            "Embedding with a model that has not been trained; call model.train() first."
-        )
-    latent = np.asarray(model.get_latent_representation(adata))
+        logger.warning("Embedding with a model that has not been trained; call model.train() first.")
+    latent = np.asarray(model.get_latent_representation(adata), dtype=np.float32)
     if latent.ndim != 2 or latent.shape[0] != adata.n_obs:
         msg = (
             f"The model returned a representation of shape {latent.shape}, "

@@ -154,9 +154,7 @@ def marginal_log_likelihood(
             log_variance = posterior.log_variance.repeat(k, 1)
             z = Posterior(mean, log_variance).rsample()
             log_lik = torch.stack(list(module.reconstruction(z, repeated).values())).sum(0)
-            log_weight = (
-                log_lik + standard_normal_log_prob(z) - Posterior(mean, log_variance).log_prob(z)
-            )
+            log_weight = log_lik + standard_normal_log_prob(z) - Posterior(mean, log_variance).log_prob(z)
             log_weights.append(log_weight.view(k, batch.size))
             done += k
         stacked = torch.cat(log_weights).double()
@@ -192,9 +190,7 @@ def normalized_expression(
         total = 0.0
         for _ in range(n_samples):
             z = posterior.mean if n_samples == 1 else posterior.rsample()
-            total = total + decoder.proportions(
-                z, categorical=categorical, continuous=batch.continuous
-            )
+            total = total + decoder.proportions(z, categorical=categorical, continuous=batch.continuous)
         out.append((total / n_samples).cpu().numpy())
     return np.concatenate(out)
 

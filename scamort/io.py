@@ -110,10 +110,7 @@ def load(dir_path: str | Path) -> SavedModel:
         registry=spec["registry"],
         state_dict=state_dict,
         history=None if history is None else pd.DataFrame(history),
-        split={
-            k: None if v is None else np.asarray(v, dtype=np.int64)
-            for k, v in spec["split"].items()
-        },
+        split={k: None if v is None else np.asarray(v, dtype=np.int64) for k, v in spec["split"].items()},
         is_trained=bool(spec["is_trained"]),
         scamort_version=spec["scamort_version"],
     )

@@ -129,9 +129,7 @@ class Model:
         self.init_params = init_params
         self._data: CellData = encode_cells(adata, registry)
         config = ModuleConfig(
-            modalities=tuple(
-                (m.name, m.n_features, m.modality.likelihood) for m in registry.modalities
-            ),
+            modalities=tuple((m.name, m.n_features, m.modality.likelihood) for m in registry.modalities),
             n_latent=init_params["n_latent"],
             n_hidden=init_params["n_hidden"],
             n_layers=init_params["n_layers"],
@@ -210,9 +208,7 @@ class Model:
             train_size=train_size,
             early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
-            kl_warmup_epochs=max(1, max_epochs // 4)
-            if kl_warmup_epochs is None
-            else kl_warmup_epochs,
+            kl_warmup_epochs=max(1, max_epochs // 4) if kl_warmup_epochs is None else kl_warmup_epochs,
             seed=self.init_params["seed"],
         )
         result = fit(
@@ -251,11 +247,7 @@ class Model:
         return data.to(self.device), index, source.obs_names[index]
 
     def _modality_name(self, modality: str | None) -> str:
-        return (
-            self.registry.modalities[0].name
-            if modality is None
-            else self.registry.modality(modality).name
-        )
+        return self.registry.modalities[0].name if modality is None else self.registry.modality(modality).name
 
     # ------------------------------------------------------------------ queries
     def get_latent_representation(
@@ -284,9 +276,7 @@ class Model:
         """
         data, index, _ = self._cells(adata, indices)
         modalities = None if modality is None else (self._modality_name(modality),)
-        mean, _ = inference.latent(
-            self.module, data, index, give_mean=give_mean, modalities=modalities
-        )
+        mean, _ = inference.latent(self.module, data, index, give_mean=give_mean, modalities=modalities)
         return mean
 
     def get_normalized_expression(
@@ -386,9 +376,7 @@ class Model:
         """
         _check_positive_int(n_mc_samples, "n_mc_samples")
         data, index, _ = self._cells(adata, indices)
-        values = inference.marginal_log_likelihood(
-            self.module, data, index, n_mc_samples=n_mc_samples
-        )
+        values = inference.marginal_log_likelihood(self.module, data, index, n_mc_samples=n_mc_samples)
         return float(values.mean()) if return_mean else values
 
     def posterior_predictive_sample(
@@ -456,8 +444,7 @@ class Model:
 
     def __repr__(self) -> str:
         modalities = ", ".join(
-            f"{m.name}: {m.n_features} features, {m.modality.likelihood}"
-            for m in self.registry.modalities
+            f"{m.name}: {m.n_features} features, {m.modality.likelihood}" for m in self.registry.modalities
         )
         state = (
             f"trained {len(self.history)} epochs"

@@ -70,13 +70,9 @@ class Posterior:
         return _normal_log_prob(z, self.mean, self.log_variance)
 
 
-def _normal_log_prob(
-    z: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor
-) -> torch.Tensor:
+def _normal_log_prob(z: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
     log_two_pi = 1.8378770664093453
-    return -0.5 * ((z - mean).square() * torch.exp(-log_variance) + log_variance + log_two_pi).sum(
-        -1
-    )
+    return -0.5 * ((z - mean).square() * torch.exp(-log_variance) + log_variance + log_two_pi).sum(-1)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -86,9 +82,7 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 def gaussian_kl(posterior: Posterior) -> torch.Tensor:
     """KL(q || N(0, I)) per cell, shape ``(batch,)``."""
-    return 0.5 * (
-        posterior.mean.square() + posterior.log_variance.exp() - 1 - posterior.log_variance
-    ).sum(-1)
+    return 0.5 * (posterior.mean.square() + posterior.log_variance.exp() - 1 - posterior.log_variance).sum(-1)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ __all__ = ["negative_binomial_rows"]
 class _NegativeBinomialRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_mu, log_theta, row, col, values):
-        n_rows, n_features = log_mu.shape
+        n_features = log_mu.shape[1]
         theta = log_theta.exp()
         mu = log_mu.exp()
         theta_plus_mu = theta + mu
@@ -35,9 +35,7 @@ class _NegativeBinomialRows(torch.autograd.Function):
             - torch.lgamma(theta_nz)
             + values * (log_mu.reshape(-1)[flat] - log_theta_plus_mu.reshape(-1)[flat])
         )
-        ctx.save_for_backward(
-            log_theta, theta, mu, theta_plus_mu, log_theta_plus_mu, row, col, values
-        )
+        ctx.save_for_backward(log_theta, theta, mu, theta_plus_mu, log_theta_plus_mu, row, col, values)
         return at_zero.index_add(0, row, nonzero)
 
     @staticmethod
@@ -59,9 +57,7 @@ class _NegativeBinomialRows(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             theta_nz = theta[col] if per_feature else theta.reshape(-1)[flat]
             nonzero = grad_out_nz * (
-                torch.digamma(values + theta_nz)
-                - torch.digamma(theta_nz)
-                - values * ratio_nz / theta_nz
+                torch.digamma(values + theta_nz) - torch.digamma(theta_nz) - values * ratio_nz / theta_nz
             )
             # d/dtheta at zero counts: log theta + 1 - log(theta + mu) - theta / (theta + mu)
             if per_feature:

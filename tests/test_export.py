@@ -48,7 +48,7 @@ def test_embed_writes_obsm_and_params(adata: ad.AnnData, model: scamort.Model) -
     assert embed(adata, model) is None
 
     latent = adata.obsm["X_scamort"]
-    assert latent.shape == (adata.n_obs, N_LATENT)
+    assert latent.shape == (adata.n_obs, N_LATENT) and latent.dtype == np.float32
     np.testing.assert_allclose(latent, model.get_latent_representation(adata), rtol=1e-5)
     params = adata.uns["X_scamort"]["params"]
     assert params["representation"] == "posterior_mean"

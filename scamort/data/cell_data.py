@@ -198,9 +198,7 @@ class CellData:
             continuous=self.continuous[index],
         )
 
-    def slice(
-        self, start: int, stop: int, host_indptrs: dict[str, np.ndarray] | None = None
-    ) -> Minibatch:
+    def slice(self, start: int, stop: int, host_indptrs: dict[str, np.ndarray] | None = None) -> Minibatch:
         """Cells ``start:stop`` as a minibatch (views of the tensors; cheap).
 
         ``host_indptrs`` (modality -> host copy of its ``indptr``) avoids device syncs.

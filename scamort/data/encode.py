@@ -75,13 +75,9 @@ def _to_cell_data(
         for key in registry.continuous_covariate_keys
     ]
     return CellData(
-        modalities={
-            name: ModalityTensors.from_csr(matrix, present[name]) for name, matrix in counts.items()
-        },
+        modalities={name: ModalityTensors.from_csr(matrix, present[name]) for name, matrix in counts.items()},
         batch_index=torch.as_tensor(batch),
-        categorical=torch.as_tensor(
-            np.stack(categorical, 1) if categorical else np.zeros((n, 0))
-        ).long(),
+        categorical=torch.as_tensor(np.stack(categorical, 1) if categorical else np.zeros((n, 0))).long(),
         continuous=torch.as_tensor(
             np.stack(continuous, 1) if continuous else np.zeros((n, 0)), dtype=torch.float32
         ),

@@ -37,9 +37,7 @@ def _as_csr(matrix: object) -> sp.csr_matrix:
     return sp.csr_matrix(array.astype(np.float32, copy=False))
 
 
-def read_counts(
-    adata: ad.AnnData, modality: Modality, name: str
-) -> tuple[sp.csr_matrix, list[str], str]:
+def read_counts(adata: ad.AnnData, modality: Modality, name: str) -> tuple[sp.csr_matrix, list[str], str]:
     """Return the validated counts of one modality.
 
     Returns
@@ -74,14 +72,10 @@ def read_counts(
         raw, names = adata.layers[modality.layer], list(map(str, adata.var_names))
     else:
         if adata.X is None:
-            raise InputError(
-                f"Modality {name!r}: adata.X is empty; pass the count layer with layer=."
-            )
+            raise InputError(f"Modality {name!r}: adata.X is empty; pass the count layer with layer=.")
         raw, names = adata.X, list(map(str, adata.var_names))
     if adata.n_obs == 0 or len(names) == 0:
-        raise InputError(
-            f"{where} is empty ({adata.n_obs} cells × {len(names)} features); nothing to model."
-        )
+        raise InputError(f"{where} is empty ({adata.n_obs} cells × {len(names)} features); nothing to model.")
     counts = _as_csr(raw)
     check_counts(
         counts,

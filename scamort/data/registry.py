@@ -74,9 +74,7 @@ class Registry:
         for entry in self.modalities:
             if entry.name == name:
                 return entry
-        raise InputError(
-            f"Unknown modality {name!r}; this model has {', '.join(self.modality_names)}."
-        )
+        raise InputError(f"Unknown modality {name!r}; this model has {', '.join(self.modality_names)}.")
 
     def categorical_sizes(self) -> tuple[int, ...]:
         """Category counts of the covariates injected into the decoders (batch first, if any)."""
@@ -104,9 +102,7 @@ class Registry:
             batch_categories=tuple(data["batch_categories"]),
             labels_key=data["labels_key"],
             label_categories=tuple(data["label_categories"]),
-            categorical_covariates=tuple(
-                (key, tuple(cats)) for key, cats in data["categorical_covariates"]
-            ),
+            categorical_covariates=tuple((key, tuple(cats)) for key, cats in data["categorical_covariates"]),
             continuous_covariate_keys=tuple(data["continuous_covariate_keys"]),
         )
 

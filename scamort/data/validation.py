@@ -49,14 +49,11 @@ def check_counts(
         (
             data != np.round(data),
             "non-integer",
-            "scamort models raw counts, not normalised or log values; pass the raw count layer with "
-            "layer=",
+            "scamort models raw counts, not normalised or log values; pass the raw count layer with layer=",
         ),
     ]
     if binary:
-        checks.append(
-            (data > 1, "values other than 0/1", "use binarize=True or a count likelihood")
-        )
+        checks.append((data > 1, "values other than 0/1", "use binarize=True or a count likelihood"))
     for bad, what, fix in checks:
         n_bad = int(np.count_nonzero(bad))
         if n_bad:
@@ -93,7 +90,5 @@ def check_continuous_column(obs: pd.DataFrame, key: str, role: str) -> np.ndarra
         raise InputError(f"{role} {key!r} must be numeric; it has dtype {column.dtype}.") from None
     n_bad = int(np.count_nonzero(~np.isfinite(values)))
     if n_bad:
-        raise InputError(
-            f"{role} {key!r} has {n_bad} NaN or infinite values; fill or drop those cells."
-        )
+        raise InputError(f"{role} {key!r} has {n_bad} NaN or infinite values; fill or drop those cells.")
     return values

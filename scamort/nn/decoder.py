@@ -65,9 +65,7 @@ class CountDecoder(nn.Module):
         self.zero_inflation_head = nn.Linear(n_hidden, n_output) if likelihood == "zinb" else None
         n_rows = n_batch if dispersion == "gene-batch" else 1
         self.dispersion = dispersion
-        self.log_theta = (
-            nn.Parameter(torch.zeros(n_rows, n_output)) if likelihood in ("nb", "zinb") else None
-        )
+        self.log_theta = nn.Parameter(torch.zeros(n_rows, n_output)) if likelihood in ("nb", "zinb") else None
 
     def forward(
         self,
@@ -89,15 +87,13 @@ class CountDecoder(nn.Module):
         log_mu = F.log_softmax(logits, dim=-1) + log_library.unsqueeze(-1)
         if self.likelihood == "poisson":
             return Poisson(log_mu)
-        log_theta = (
-            self.log_theta[batch_index] if self.dispersion == "gene-batch" else self.log_theta[0]
-        )
+        log_theta = self.log_theta[batch_index] if self.dispersion == "gene-batch" else self.log_theta[0]
         if self.likelihood == "nb":
             return NegativeBinomial(log_mu, log_theta)
         return ZeroInflatedNegativeBinomial(log_mu, log_theta, self.zero_inflation_head(h))
 
     def proportions(self, z: torch.Tensor, **covariates: torch.Tensor) -> torch.Tensor:
-        """Expected expression proportions (rows sum to 1; probabilities for Bernoulli), ``(batch, n_output)``."""
+        """Expected proportions (rows sum to 1; probabilities for Bernoulli), ``(batch, n_output)``."""
         h = self.body(z, covariates["categorical"], covariates["continuous"])
         logits = self.head(h)
         if self.likelihood == "bernoulli":

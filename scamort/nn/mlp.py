@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -36,9 +37,7 @@ class _Layer(nn.Module):
             nn.init.uniform_(embedding.weight, -(n_in**-0.5), n_in**-0.5)
         self.activation = activation(n_out, dropout_rate)
 
-    def forward(
-        self, x: torch.Tensor, categorical: torch.Tensor, continuous: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, categorical: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
         if continuous.shape[-1]:
             x = torch.cat([x, continuous], dim=-1)
         h = self.linear(x)
@@ -78,13 +77,10 @@ class CovariateMLP(nn.Module):
         super().__init__()
         widths = [n_in] + [n_hidden] * n_layers
         self.layers = nn.ModuleList(
-            _Layer(a, b, categorical_sizes, n_continuous, dropout_rate)
-            for a, b in zip(widths[:-1], widths[1:], strict=True)
+            _Layer(a, b, categorical_sizes, n_continuous, dropout_rate) for a, b in pairwise(widths)
         )
 
-    def forward(
-        self, x: torch.Tensor, categorical: torch.Tensor, continuous: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, categorical: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
         """Map ``x`` of shape ``(batch, n_in)`` to ``(batch, n_hidden)``.
 
         ``categorical`` is ``(batch, n_categorical)`` int64, ``continuous`` ``(batch, n_continuous)``.

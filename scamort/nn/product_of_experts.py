@@ -33,9 +33,7 @@ def product_of_experts(
         The product's mean and log-variance, shape ``(batch, n_latent)``. A cell with no expert gets
         the prior, N(0, I).
     """
-    precision = torch.exp(-log_variance.clamp(min=MIN_LOG_VARIANCE)) * mask.unsqueeze(-1).to(
-        mean.dtype
-    )
+    precision = torch.exp(-log_variance.clamp(min=MIN_LOG_VARIANCE)) * mask.unsqueeze(-1).to(mean.dtype)
     total_precision = 1 + precision.sum(0)
     joint_mean = (precision * mean).sum(0) / total_precision
     return joint_mean, -torch.log(total_precision)

@@ -29,9 +29,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise InputError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            "device='cuda' was asked for but CUDA is not available; use 'cpu' or 'auto'."
-        )
+        raise InputError("device='cuda' was asked for but CUDA is not available; use 'cpu' or 'auto'.")
     return resolved
 
 

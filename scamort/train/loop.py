@@ -51,7 +51,7 @@ class TrainingResult:
 
 def split_cells(n_cells: int, train_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded random split into training and validation positions (each sorted)."""
-    n_validation = int(round((1 - train_size) * n_cells))
+    n_validation = round((1 - train_size) * n_cells)
     if train_size < 1 and n_validation == 0:
         raise InputError(
             f"train_size={train_size} leaves no validation cell out of {n_cells}; use more cells or "
