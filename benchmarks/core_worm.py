@@ -90,9 +90,7 @@ class ToolRun:
 # --------------------------------------------------------------------------------------
 # Tool adapters
 # --------------------------------------------------------------------------------------
-def run_scamort(
-    train: ad.AnnData, heldout: ad.AnnData, all_cells: ad.AnnData, cfg: Config
-) -> ToolRun:
+def run_scamort(train: ad.AnnData, heldout: ad.AnnData, all_cells: ad.AnnData, cfg: Config) -> ToolRun:
     """Train scamort at its defaults and evaluate it.
 
     Parameters
@@ -123,9 +121,7 @@ def run_scamort(
     last = history.iloc[-1]
     with timed() as eval_watch:
         elbo = float(model.get_elbo(heldout))
-        mll = np.asarray(
-            model.get_marginal_ll(heldout, n_mc_samples=cfg.n_mc_samples, return_mean=False)
-        )
+        mll = np.asarray(model.get_marginal_ll(heldout, n_mc_samples=cfg.n_mc_samples, return_mean=False))
         latent = np.asarray(model.get_latent_representation(all_cells))
     return ToolRun(
         train_seconds=watch.seconds,
@@ -339,9 +335,7 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "speedup_s_per_epoch_scvi_over_scamort": b["s_per_epoch"] / a["s_per_epoch"],
         "throughput_ratio_scamort_over_scvi": a["train_cells_per_s"] / b["train_cells_per_s"],
         "heldout_elbo_diff_scamort_minus_scvi": a["heldout_elbo"] - b["heldout_elbo"],
-        "heldout_marginal_ll_diff_scamort_minus_scvi": (
-            a["heldout_marginal_ll"] - b["heldout_marginal_ll"]
-        ),
+        "heldout_marginal_ll_diff_scamort_minus_scvi": (a["heldout_marginal_ll"] - b["heldout_marginal_ll"]),
         "ari_diff_scamort_minus_scvi": a["ari"] - b["ari"],
         "nmi_diff_scamort_minus_scvi": a["nmi"] - b["nmi"],
     }
@@ -419,12 +413,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path, tuple[str, 
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help="max epochs (default 100)")
-    parser.add_argument(
-        "--n-mc-samples", type=int, default=None, help="marginal-LL samples (default 1000)"
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 3 epochs, 20 marginal-LL samples"
-    )
+    parser.add_argument("--n-mc-samples", type=int, default=None, help="marginal-LL samples (default 1000)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 epochs, 20 marginal-LL samples")
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="output JSON path")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from scamort._version import __version__
+from scamort.demo import DEFAULT_EPOCHS, QUICK_EPOCHS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -139,7 +140,7 @@ def _add_demo_parser(commands: argparse._SubParsersAction, common: argparse.Argu
         "--epochs",
         type=_positive_int,
         metavar="N",
-        help="training epochs (default: 200; 5 with --quick)",
+        help=f"training epochs (default: {DEFAULT_EPOCHS}; {QUICK_EPOCHS} with --quick)",
     )
     demo.add_argument(
         "--quick", action="store_true", help="a fast smoke run: few epochs, numbers not meaningful"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 from scamort import inference, io
 from scamort.data import CellData, Modality, Registry, build_registry, encode_cells
-from scamort.data.reading import read_counts
+from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
 from scamort.errors import InputError
 from scamort.module import VAE, ModuleConfig
 from scamort.nn import DISPERSIONS
@@ -37,13 +38,38 @@ def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
+def _modalities(
+    data: object, modalities: Mapping[str, Modality] | None, *, layer: str | None, likelihood: str
+) -> dict[str, Modality]:
+    """The modality specs: given explicitly, or RNA from ``layer`` for a plain AnnData."""
+    if is_mudata(data):
+        if modalities is None:
+            raise InputError(
+                "For a MuData pass modalities={name: scamort.Modality(...)} naming which of its "
+                f"modalities to model (it has {', '.join(data.mod)})."
+            )
+    elif not isinstance(data, ad.AnnData):
+        raise InputError(f"Model expects an AnnData or MuData, got {type(data).__name__}.")
+    if modalities is None:
+        return {"rna": Modality(layer=layer, likelihood=likelihood)}
+    if layer is not None:
+        raise InputError("With modalities=..., give each modality's layer in its scamort.Modality.")
+    if not modalities:
+        raise InputError("modalities is empty; name at least one modality.")
+    for name, modality in modalities.items():
+        if not isinstance(modality, Modality):
+            raise InputError(f"modalities[{name!r}] must be a scamort.Modality, got {modality!r}.")
+    return dict(modalities)
+
+
 class Model:
     """A negative-binomial VAE for single-cell counts.
 
     Parameters
     ----------
     adata
-        Cells × genes AnnData with raw counts (in ``.X`` or ``layer``). Only read, never modified.
+        Cells × genes AnnData with raw counts (in ``.X`` or ``layer``), or a MuData with
+        ``modalities``. Only read, never modified.
     layer
         Layer holding raw counts; ``None`` uses ``.X``.
     batch_key
@@ -60,6 +86,16 @@ class Model:
         ``"gene"`` (one inverse dispersion per gene) or ``"gene-batch"`` (per gene and batch).
     seed
         Seeds the weights, the training split and all sampling during training.
+    modalities
+        Several modalities: name -> :class:`scamort.Modality`. With a MuData the names are its
+        modality names and each is read from ``mdata.mod[name]`` (cells absent there are missing that
+        modality); with an AnnData each is read from its ``X``, a layer or ``obsm`` (e.g. CITE-seq
+        protein in ``obsm["protein_expression"]``). Encoders and decoders are built per modality and
+        their posteriors are merged by a product of experts with the prior.
+    modality_dropout
+        With several modalities: during training, the probability that a cell's posterior uses one
+        randomly chosen measured modality only (all are still reconstructed), so that each expert
+        alone embeds cells well and imputes the other modalities.
 
     Examples
     --------
@@ -87,15 +123,17 @@ class Model:
         likelihood: str = "nb",
         dispersion: str = "gene",
         seed: int = 0,
+        modalities: Mapping[str, Modality] | None = None,
+        modality_dropout: float = 0.3,
     ) -> None:
-        if not isinstance(adata, ad.AnnData):
-            raise InputError(f"Model expects an AnnData, got {type(adata).__name__}.")
+        modalities = _modalities(adata, modalities, layer=layer, likelihood=likelihood)
         _check_choice(likelihood, RNA_LIKELIHOODS, "likelihood")
         _check_choice(dispersion, DISPERSIONS, "dispersion")
         for value, name in ((n_latent, "n_latent"), (n_hidden, "n_hidden"), (n_layers, "n_layers")):
             _check_positive_int(value, name)
-        if not 0 <= dropout_rate < 1:
-            raise InputError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
+        for value, name in ((dropout_rate, "dropout_rate"), (modality_dropout, "modality_dropout")):
+            if not 0 <= value < 1:
+                raise InputError(f"{name} must be in [0, 1), got {value}.")
         init_params = {
             "layer": layer,
             "batch_key": batch_key,
@@ -109,25 +147,32 @@ class Model:
             "likelihood": likelihood,
             "dispersion": dispersion,
             "seed": seed,
+            "modalities": {name: asdict(m) for name, m in modalities.items()},
+            "modality_dropout": modality_dropout,
         }
-        modality = Modality(layer=layer, likelihood=likelihood)
-        _, feature_names, _ = read_counts(adata, modality, "rna")
+        read = read_modalities(adata, modalities)
         registry = build_registry(
-            {"rna": (modality, feature_names)},
+            {name: (m, read[name].feature_names) for name, m in modalities.items()},
             adata,
             batch_key=batch_key,
             labels_key=labels_key,
             categorical_covariate_keys=categorical_covariate_keys,
             continuous_covariate_keys=continuous_covariate_keys,
         )
-        self._setup(adata, registry, init_params)
+        self._setup(adata, registry, init_params, read)
 
     # ------------------------------------------------------------------ construction
-    def _setup(self, adata: ad.AnnData, registry: Registry, init_params: dict[str, Any]) -> None:
+    def _setup(
+        self,
+        adata: ad.AnnData,
+        registry: Registry,
+        init_params: dict[str, Any],
+        read: dict[str, ModalityCounts] | None = None,
+    ) -> None:
         self.adata = adata
         self.registry = registry
         self.init_params = init_params
-        self._data: CellData = encode_cells(adata, registry)
+        self._data: CellData = encode_cells(adata, registry, read)
         config = ModuleConfig(
             modalities=tuple((m.name, m.n_features, m.modality.likelihood) for m in registry.modalities),
             n_latent=init_params["n_latent"],
@@ -135,6 +180,7 @@ class Model:
             n_layers=init_params["n_layers"],
             dropout_rate=init_params["dropout_rate"],
             dispersion=init_params["dispersion"],
+            modality_dropout=init_params["modality_dropout"],
             n_batch=registry.n_batch,
             categorical_sizes=registry.categorical_sizes(),
             n_continuous=len(registry.continuous_covariate_keys),
@@ -169,6 +215,8 @@ class Model:
         device: str = "auto",
         kl_warmup_epochs: int | None = None,
         progress_bar: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 1,
     ) -> pd.DataFrame:
         """Fit the model by minibatch stochastic variational inference.
 
@@ -191,6 +239,11 @@ class Model:
             Epochs of linear KL warm-up to weight 1; default a quarter of ``max_epochs``.
         progress_bar
             Show a progress bar.
+        checkpoint_dir, checkpoint_every
+            Save a checkpoint (weights, optimizer, RNG states, history) every ``checkpoint_every``
+            epochs, atomically. Calling ``train`` again with the same options and directory (e.g.
+            after the process was killed) resumes from it; on CPU the result is identical to an
+            uninterrupted run.
 
         Returns
         -------
@@ -211,12 +264,15 @@ class Model:
             kl_warmup_epochs=max(1, max_epochs // 4) if kl_warmup_epochs is None else kl_warmup_epochs,
             seed=self.init_params["seed"],
         )
+        _check_positive_int(checkpoint_every, "checkpoint_every")
         result = fit(
             self.module,
             self._data,
             config,
             device=resolve_device(device),
             progress_bar=progress_bar,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
         )
         self.history = result.history
         self.train_indices = result.train_indices
@@ -232,8 +288,8 @@ class Model:
         if adata is None:
             source, data = self.adata, self._data
         else:
-            if not isinstance(adata, ad.AnnData):
-                raise InputError(f"Expected an AnnData, got {type(adata).__name__}.")
+            if not isinstance(adata, ad.AnnData) and not is_mudata(adata):
+                raise InputError(f"Expected an AnnData or MuData, got {type(adata).__name__}.")
             source, data = adata, encode_cells(adata, self.registry)
         if indices is None:
             index = np.arange(data.n_cells)
@@ -330,6 +386,36 @@ class Model:
             index=names,
             columns=list(self.registry.modality(name).feature_names),
         )
+
+    def impute(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        modality: str | None = None,
+        n_samples: int = 1,
+    ) -> pd.DataFrame:
+        """Expected counts of ``modality`` for every cell, including cells never measured in it.
+
+        The posterior uses each cell's measured modalities only, so for a cell without ``modality`` the
+        prediction comes from the others (e.g. protein from RNA). Cells that have the modality keep
+        their own library size; the others get the median library size of the cells that have it.
+
+        Returns
+        -------
+        DataFrame cells × features of ``modality``.
+        """
+        data, index, _ = self._cells(adata, indices)
+        name = self._modality_name(modality)
+        proportions = self.get_normalized_expression(
+            adata, indices, library_size=1.0, n_samples=n_samples, modality=name
+        )
+        tensors = data.modalities[name]
+        present = tensors.present.cpu().numpy()[index]
+        library = np.exp(tensors.log_library.cpu().numpy()[index])
+        if self.registry.modality(name).modality.likelihood == "bernoulli":
+            return proportions
+        typical = np.median(np.exp(tensors.log_library.cpu().numpy())[tensors.present.cpu().numpy()])
+        return proportions.mul(np.where(present, library, typical), axis=0)
 
     def get_elbo(
         self,

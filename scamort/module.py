@@ -27,6 +27,11 @@ class ModuleConfig:
         Latent dimension and MLP shape (dropout applies to encoders only).
     dispersion
         ``"gene"`` or ``"gene-batch"``.
+    modality_dropout
+        During training, the probability that a cell's posterior is formed from one of its measured
+        modalities only (chosen at random) while all of them are still reconstructed. This trains each
+        expert to explain every modality on its own, which is what cells measured in one modality
+        and cross-modal imputation need. No effect with a single modality.
     n_batch
         Number of batches.
     categorical_sizes
@@ -41,6 +46,7 @@ class ModuleConfig:
     n_layers: int = 1
     dropout_rate: float = 0.1
     dispersion: str = "gene"
+    modality_dropout: float = 0.0
     n_batch: int = 1
     categorical_sizes: tuple[int, ...] = field(default_factory=tuple)
     n_continuous: int = 0
@@ -143,21 +149,35 @@ class VAE(nn.Module):
         """Modality names in model order."""
         return tuple(name for name, _, _ in self.config.modalities)
 
-    def experts(self, batch: Minibatch, modalities: Sequence[str] | None = None) -> Posterior:
-        """Product of the prior and the experts of ``modalities`` (default all) that each cell has."""
+    def posterior(
+        self,
+        batch: Minibatch,
+        modalities: Sequence[str] | None = None,
+        expert_mask: torch.Tensor | None = None,
+    ) -> Posterior:
+        """q(z | x): the product of the prior and the experts of ``modalities`` (default all) that
+        each cell has; ``expert_mask`` ``(n_modalities, batch)`` overrides which experts are used."""
         names = self.modality_names if modalities is None else tuple(modalities)
-        means, log_variances, masks = [], [], []
+        means, log_variances = [], []
         for name in names:
             mean, log_variance = self.encoders[name](batch.modalities[name].counts)
             means.append(mean)
             log_variances.append(log_variance)
-            masks.append(batch.modalities[name].present)
-        mean, log_variance = product_of_experts(
-            torch.stack(means), torch.stack(log_variances), torch.stack(masks)
-        )
+        if expert_mask is None:
+            expert_mask = torch.stack([batch.modalities[name].present for name in names])
+        mean, log_variance = product_of_experts(torch.stack(means), torch.stack(log_variances), expert_mask)
         return Posterior(mean, log_variance)
 
-    posterior = experts
+    def _dropped_expert_mask(self, batch: Minibatch) -> torch.Tensor | None:
+        """Training-time expert mask with modality dropout (see :class:`ModuleConfig`), or None."""
+        if not self.training or self.config.modality_dropout <= 0 or len(self.modality_names) < 2:
+            return None
+        present = torch.stack([batch.modalities[name].present for name in self.modality_names])
+        weights = present.T.to(torch.float32) + 1e-12
+        chosen = torch.multinomial(weights, 1).squeeze(1)
+        single = torch.nn.functional.one_hot(chosen, present.shape[0]).T.bool() & present
+        dropped = torch.rand(batch.size, device=present.device) < self.config.modality_dropout
+        return torch.where(dropped, single, present)
 
     def generative(self, z: torch.Tensor, batch: Minibatch) -> dict[str, CountDistribution]:
         """Each modality's distribution given ``z`` of shape ``(batch, n_latent)``."""
@@ -188,6 +208,7 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> LossTerms:
         """One-sample ELBO terms per cell (``posterior`` defaults to the encoders')."""
-        posterior = self.posterior(batch) if posterior is None else posterior
+        if posterior is None:
+            posterior = self.posterior(batch, expert_mask=self._dropped_expert_mask(batch))
         z = posterior.rsample(generator)
         return LossTerms(self.reconstruction(z, batch), gaussian_kl(posterior))

@@ -93,6 +93,8 @@ class RefineOptions:
     keep_best: bool = True
     record_elbo_at: tuple[int, ...] = ()
     n_eval_samples: int = 32
+    resample_noise: bool = False
+    final_lr_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("n_steps", "n_samples", "batch_size", "n_eval_samples"):
@@ -336,8 +338,17 @@ def _refine_batch(
         else None
     )
     optimizer = torch.optim.Adam([state.mean, state.log_variance], lr=options.lr)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, options.n_steps, eta_min=options.lr * options.final_lr_fraction
+        )
+        if options.final_lr_fraction < 1
+        else None
+    )
     recorded = []
     for step in range(options.n_steps + 1):
+        if options.resample_noise:
+            noise = fixed_normal_noise(ids, options.n_samples, n_latent, options.seed, 2 + step)
         with torch.set_grad_enabled(step < options.n_steps):
             objective = _fixed_noise_elbo(module, batch, Posterior(state.mean, state.log_variance), noise)
         state.keep_improved(objective, options.keep_best)
@@ -349,6 +360,8 @@ def _refine_batch(
         optimizer.zero_grad(set_to_none=True)
         (-objective.sum()).backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     return state.best(), (torch.stack(recorded, -1) if recorded else None)
 
 
@@ -365,6 +378,8 @@ def refine_posteriors(
     keep_best: bool = True,
     record_elbo_at: Sequence[int] = (),
     n_eval_samples: int = 32,
+    resample_noise: bool = False,
+    final_lr_fraction: float = 1.0,
 ) -> RefinementResult:
     """Refine the encoder's q(z|x) of each cell by Adam steps on its own ELBO (decoders frozen).
 
@@ -395,6 +410,8 @@ def refine_posteriors(
         keep_best=keep_best,
         record_elbo_at=tuple(int(k) for k in record_elbo_at),
         n_eval_samples=n_eval_samples,
+        resample_noise=resample_noise,
+        final_lr_fraction=final_lr_fraction,
     )
     return refine_with_options(module, data, index, options)
 

@@ -121,9 +121,7 @@ def test_fit_missing_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert_one_line_error(capsys.readouterr().err, "nope.h5ad")
 
 
-def test_fit_missing_batch_key_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_fit_missing_batch_key_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = write_counts(tmp_path / "in.h5ad")
     out = tmp_path / "o.h5ad"
     assert main(["fit", str(source), "--out", str(out), "--batch-key", "donor", *FAST]) == 2
@@ -165,13 +163,9 @@ def test_fit_then_embed_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert pd.read_csv(table, index_col=0).shape == (40, 3)
 
 
-def test_embed_missing_model_dir_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_embed_missing_model_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = write_counts(tmp_path / "in.h5ad")
-    code = main(
-        ["embed", str(tmp_path / "no_model"), str(source), "--out", str(tmp_path / "o.h5ad")]
-    )
+    code = main(["embed", str(tmp_path / "no_model"), str(source), "--out", str(tmp_path / "o.h5ad")])
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "no_model")
 

@@ -8,8 +8,9 @@ import scipy.sparse as sp
 import torch
 
 from scamort.data.cell_data import CellData, ModalityTensors
-from scamort.data.reading import align_features, read_counts
+from scamort.data.reading import align_features
 from scamort.data.registry import Registry, category_codes
+from scamort.data.sources import ModalityCounts, read_modalities
 from scamort.data.validation import check_continuous_column
 from scamort.errors import InputError
 
@@ -32,25 +33,30 @@ def refuse_empty_cells(
         )
 
 
-def encode_cells(adata: ad.AnnData, registry: Registry) -> CellData:
-    """Validate ``adata`` against the registry and copy it into tensors (on the CPU).
+def encode_cells(
+    data: ad.AnnData, registry: Registry, read: dict[str, ModalityCounts] | None = None
+) -> CellData:
+    """Validate ``data`` (AnnData or MuData) against the registry and copy it into tensors (CPU).
 
     Features are aligned by name to the model's order; unseen categories, missing features or keys
-    raise :class:`InputError`. ``adata`` is only read.
+    raise :class:`InputError`. ``data`` is only read. ``read`` passes counts already read by
+    :func:`read_modalities` (so the constructor reads the data once).
     """
+    if read is None:
+        read = read_modalities(data, {m.name: m.modality for m in registry.modalities})
     counts: dict[str, sp.csr_matrix] = {}
     present: dict[str, np.ndarray] = {}
     for entry in registry.modalities:
-        matrix, names, where = read_counts(adata, entry.modality, entry.name)
-        matrix = align_features(matrix, names, entry.feature_names, where=where)
+        source = read[entry.name]
+        matrix = align_features(source.counts, source.feature_names, entry.feature_names, where=source.where)
         if entry.modality.binarize:
             matrix = matrix.copy()
             matrix.data = (matrix.data > 0).astype(np.float32)
             matrix.eliminate_zeros()
         counts[entry.name] = matrix
-        present[entry.name] = np.ones(adata.n_obs, dtype=bool)
-    refuse_empty_cells(counts, present, adata)
-    return _to_cell_data(adata, registry, counts, present)
+        present[entry.name] = source.present
+    refuse_empty_cells(counts, present, data)
+    return _to_cell_data(data, registry, counts, present)
 
 
 def _to_cell_data(

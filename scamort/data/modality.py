@@ -27,12 +27,17 @@ class Modality:
         One of ``"nb"``, ``"zinb"``, ``"poisson"`` (counts) or ``"bernoulli"`` (0/1 values).
     binarize
         Turn counts into presence (``x > 0``) before modelling; for accessibility with ``"bernoulli"``.
+    present_key
+        Optional boolean ``.obs`` column: ``False`` marks cells that were not measured in this
+        modality (their counts are ignored). In a MuData, cells absent from the modality's AnnData are
+        missing it anyway. All-zero counts never count as missing.
     """
 
     layer: str | None = None
     obsm_key: str | None = None
     likelihood: str = "nb"
     binarize: bool = False
+    present_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.likelihood not in LIKELIHOODS:

@@ -15,6 +15,13 @@ from scamort.errors import InputError
 
 __all__ = ["align_features", "read_counts"]
 
+try:  # anndata >= 0.11
+    from anndata.abc import CSCDataset, CSRDataset
+except ImportError:  # pragma: no cover - older anndata
+    from anndata.experimental import CSCDataset, CSRDataset
+
+BackedSparse = (CSRDataset, CSCDataset)
+
 
 def _describe(modality: Modality) -> str:
     if modality.obsm_key is not None:
@@ -25,7 +32,7 @@ def _describe(modality: Modality) -> str:
 def _as_csr(matrix: object) -> sp.csr_matrix:
     if isinstance(matrix, pd.DataFrame):
         matrix = matrix.to_numpy()
-    if isinstance(matrix, ad.experimental.CSRDataset | ad.experimental.CSCDataset):
+    if isinstance(matrix, BackedSparse):
         matrix = matrix.to_memory()
     if sp.issparse(matrix):
         return sp.csr_matrix(matrix, dtype=np.float32)

@@ -6,7 +6,8 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from scamort.data.cell_data import CellData
 from scamort.errors import InputError
 from scamort.module import VAE
+from scamort.train.checkpoint import load_checkpoint, save_checkpoint
 from scamort.train.config import TrainConfig
 
 __all__ = ["NonFiniteLossError", "TrainingResult", "fit", "split_cells"]
@@ -96,6 +98,22 @@ def _evaluate(module: VAE, data: CellData, index: torch.Tensor, batch_size: int)
     return totals.means()[1:]
 
 
+@dataclass
+class _Progress:
+    """The mutable state of a run; what a checkpoint stores besides weights and RNG states."""
+
+    epoch: int = 0
+    step: int = 0
+    rows: list[dict] = field(default_factory=list)
+    best_elbo: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs_since_best: int = 0
+
+
+def _history_row(epoch: int, kl_weight: float, train: list[float], validation: list[float], seconds: float):
+    return dict(zip(HISTORY_COLUMNS, [epoch, kl_weight, *train, *validation, seconds], strict=True))
+
+
 def fit(
     module: VAE,
     data: CellData,
@@ -103,6 +121,8 @@ def fit(
     *,
     device: torch.device,
     progress_bar: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
 ) -> TrainingResult:
     """Train ``module`` on ``data`` in place.
 
@@ -118,6 +138,10 @@ def fit(
         Where to train.
     progress_bar
         Show a tqdm bar over epochs with the current ELBOs.
+    checkpoint_dir
+        Save a checkpoint there every ``checkpoint_every`` epochs (atomically); if it already holds one
+        from the same options, resume from it. On CPU a resumed run ends with the same weights as an
+        uninterrupted one.
 
     Returns
     -------
@@ -138,18 +162,27 @@ def fit(
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
+    progress = _Progress()
+    saved = load_checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
+    if saved is not None:
+        module.load_state_dict(saved["module"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        generator.set_state(saved["generator"])
+        progress = _Progress(**saved["progress"])
+        logger.info("resuming from epoch %d", progress.epoch)
 
     steps_per_epoch = math.ceil(len(train_np) / config.batch_size)
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
-    step = 0
-    best_elbo, best_state, epochs_since_best = -math.inf, None, 0
-    rows: list[dict] = []
+    stopped_early = saved is not None and saved["stopped"]
     epochs = tqdm(
-        range(config.max_epochs),
+        range(progress.epoch, config.max_epochs if not stopped_early else progress.epoch),
         desc="training",
         unit="epoch",
         disable=not progress_bar,
         leave=False,
+        initial=progress.epoch,
+        total=config.max_epochs,
     )
     for epoch in epochs:
         started = time.perf_counter()
@@ -157,16 +190,16 @@ def fit(
         totals = _Totals(device)
         order = train_index[torch.randperm(len(train_np), generator=generator, device=device)]
         for batch in data.iterate(order, config.batch_size):
-            kl_weight = min(1.0, step / warmup_steps) if warmup_steps else 1.0
+            kl_weight = min(1.0, progress.step / warmup_steps) if warmup_steps else 1.0
             terms = module.loss_terms(batch)
             loss = -terms.elbo(kl_weight).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             totals.add(loss, terms.total_reconstruction, terms.kl)
-            step += 1
-        train_loss, train_elbo, train_reconstruction, train_kl = totals.means()
-        if not math.isfinite(train_loss):
+            progress.step += 1
+        train = totals.means()
+        if not math.isfinite(train[0]):
             module.load_state_dict(last_good)
             raise NonFiniteLossError(
                 f"Epoch {epoch + 1} produced a non-finite loss; the model keeps its weights from "
@@ -177,35 +210,44 @@ def fit(
             if len(validation_np)
             else [math.nan] * 3
         )
-        rows.append(
-            dict(
-                zip(
-                    HISTORY_COLUMNS,
-                    [
-                        epoch + 1,
-                        kl_weight,
-                        train_loss,
-                        train_elbo,
-                        train_reconstruction,
-                        train_kl,
-                        *validation,
-                        time.perf_counter() - started,
-                    ],
-                    strict=True,
-                )
-            )
+        progress.rows.append(
+            _history_row(epoch + 1, kl_weight, train, validation, time.perf_counter() - started)
         )
-        epochs.set_postfix(train_elbo=f"{train_elbo:.1f}", validation_elbo=f"{validation[0]:.1f}")
-        if config.early_stopping and len(validation_np) and step >= warmup_steps:
-            if validation[0] > best_elbo:
-                best_elbo, epochs_since_best = validation[0], 0
-                best_state = copy.deepcopy(module.state_dict())
-            else:
-                epochs_since_best += 1
-                if epochs_since_best >= config.early_stopping_patience:
-                    logger.info("early stopping at epoch %d", epoch + 1)
-                    break
-    if best_state is not None:
-        module.load_state_dict(best_state)
+        progress.epoch = epoch + 1
+        epochs.set_postfix(train_elbo=f"{train[1]:.1f}", validation_elbo=f"{validation[0]:.1f}")
+        stop = _early_stopping_says_stop(progress, validation[0], module, config, warmup_steps)
+        if checkpoint_dir is not None and (stop or progress.epoch % checkpoint_every == 0):
+            save_checkpoint(
+                checkpoint_dir,
+                {
+                    "config": asdict(config),
+                    "module": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "generator": generator.get_state(),
+                    "progress": asdict(progress),
+                    "stopped": stop,
+                },
+            )
+        if stop:
+            logger.info("early stopping at epoch %d", epoch + 1)
+            break
+    if progress.best_state is not None:
+        module.load_state_dict(progress.best_state)
     module.eval()
-    return TrainingResult(pd.DataFrame(rows, columns=HISTORY_COLUMNS), train_np, validation_np)
+    history = pd.DataFrame(progress.rows, columns=HISTORY_COLUMNS)
+    return TrainingResult(history, train_np, validation_np)
+
+
+def _early_stopping_says_stop(
+    progress: _Progress, validation_elbo: float, module: VAE, config: TrainConfig, warmup_steps: int
+) -> bool:
+    """Track the best validation ELBO (after warm-up) and its weights; True when patience runs out."""
+    if not config.early_stopping or math.isnan(validation_elbo) or progress.step < warmup_steps:
+        return False
+    if validation_elbo > progress.best_elbo:
+        progress.best_elbo, progress.epochs_since_best = validation_elbo, 0
+        progress.best_state = copy.deepcopy(module.state_dict())
+        return False
+    progress.epochs_since_best += 1
+    return progress.epochs_since_best >= config.early_stopping_patience
