@@ -126,8 +126,8 @@ class Model:
         modalities: Mapping[str, Modality] | None = None,
         modality_dropout: float = 0.3,
     ) -> None:
-        modalities = _modalities(adata, modalities, layer=layer, likelihood=likelihood)
         _check_choice(likelihood, RNA_LIKELIHOODS, "likelihood")
+        modalities = _modalities(adata, modalities, layer=layer, likelihood=likelihood)
         _check_choice(dispersion, DISPERSIONS, "dispersion")
         for value, name in ((n_latent, "n_latent"), (n_hidden, "n_hidden"), (n_layers, "n_layers")):
             _check_positive_int(value, name)

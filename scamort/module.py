@@ -201,6 +201,10 @@ class VAE(nn.Module):
             out[name] = torch.where(modality.present, log_lik, torch.zeros_like(log_lik))
         return out
 
+    def forward(self, batch: Minibatch) -> LossTerms:
+        """One-sample ELBO terms of a training minibatch (what DistributedDataParallel calls)."""
+        return self.loss_terms(batch)
+
     def loss_terms(
         self,
         batch: Minibatch,

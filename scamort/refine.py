@@ -1,18 +1,27 @@
 """Per-cell refinement of the encoder's posterior (semi-amortized inference).
 
-The encoder maps every cell to its q(z|x) in one pass, which is fast but not the best q for each
-cell: the difference between the best Gaussian's ELBO and the encoder's is the *amortization gap*.
-Refinement starts from the encoder's ``(mean, log_variance)`` and takes Adam steps on each cell's own
-ELBO (KL weight 1), with the encoders and decoders frozen: their weights are never changed and no
-gradient is accumulated into them. All cells of a minibatch are refined at once; memory is bounded
-by ``batch_size × n_samples`` decoded rows.
+The encoder maps every cell to its q(z|x) in one pass: fast, but not the best Gaussian for each
+cell. The difference between the best Gaussian's ELBO and the encoder's is the *amortization gap*.
+Refinement starts from the encoder's ``(mean, log_variance)`` and takes Adam steps on each cell's
+own ELBO (KL weight 1) with the encoders and decoders frozen: their weights never change and no
+gradient is computed for them. All cells of a minibatch are refined at once; memory is bounded by
+``batch_size * n_samples`` decoded rows.
 
-Monte Carlo noise is fixed: each cell gets ``n_samples`` reparameterisation draws that depend only on
-``(seed, the cell's position in the data, sample, latent dimension)``, through a counter-based hash.
-The objective is therefore a deterministic function of each cell's own parameters, the same whether
-a cell is refined alone or in any minibatch, on any device. Because the loss is the *sum* of per-cell
-ELBOs and Adam is elementwise, every cell follows its own Adam trajectory. With ``keep_best`` (the
-default) each cell returns its best iterate under that objective, so refinement never lowers it.
+Monte Carlo noise is controlled by a counter-based generator (:func:`fixed_normal_noise`): a draw
+depends only on ``(seed, stream, the cell's position in the data, sample, latent dimension)``. A
+cell is refined the same way alone or in any minibatch, on any device, in any run. The loss is the
+*sum* of per-cell ELBOs and Adam is elementwise, so every cell follows its own Adam trajectory.
+
+Two noise schemes (measured on the worm data, see ``benchmarks/refinement_worm.py``):
+
+``"per_step"`` (default)
+    Fresh draws at every step (stream ``2 + step``): stochastic gradient ascent on the expected
+    ELBO, with a per-step learning-rate decay. The last iterate is returned.
+``"fixed"``
+    The same ``n_samples`` draws at every step (a deterministic objective) and each cell's best
+    iterate under it, so that objective never decreases. With few samples the optimiser fits the
+    draws rather than the expectation: the ELBO measured with independent draws falls after a few
+    steps, which is why this is not the default.
 """
 
 from __future__ import annotations
@@ -33,8 +42,10 @@ from scamort.module import VAE, Posterior, gaussian_kl
 
 __all__ = [
     "DEFAULT_LR",
+    "DEFAULT_LR_DECAY",
     "DEFAULT_N_SAMPLES",
     "EVALUATION_STREAM",
+    "NOISE_SCHEMES",
     "TRAINING_STREAM",
     "RefineOptions",
     "RefinementResult",
@@ -46,14 +57,18 @@ __all__ = [
     "refine_with_options",
 ]
 
-#: Adam learning rate on means and log-variances (measured on the worm data, see the benchmark).
+#: Adam learning rate on means and log-variances at the first step.
 DEFAULT_LR = 0.1
-#: Fixed reparameterisation samples per cell in the refinement objective.
+#: The learning rate is multiplied by this after every step (0.1 -> 0.036 at step 20).
+DEFAULT_LR_DECAY = 0.95
+#: Reparameterisation samples per cell and step.
 DEFAULT_N_SAMPLES = 4
-#: Noise stream of the optimised objective.
+#: Noise stream of the ``"fixed"`` objective (``"per_step"`` uses stream ``2 + step``).
 TRAINING_STREAM = 0
-#: Noise stream of the evaluation ELBOs (independent of the optimised samples).
+#: Noise stream of the recorded (evaluation) ELBOs, independent of the optimised draws.
 EVALUATION_STREAM = 1
+#: Accepted values of :attr:`RefineOptions.noise`.
+NOISE_SCHEMES = ("per_step", "fixed")
 
 _MASK32 = 0xFFFFFFFF
 
@@ -65,48 +80,58 @@ class RefineOptions:
     Attributes
     ----------
     n_steps
-        Adam steps per cell (0 returns the encoder's posterior).
+        Adam steps per cell (0 returns the encoders' posterior).
     lr
-        Adam learning rate, shared by means and log-variances.
+        Adam learning rate at the first step, shared by means and log-variances.
+    lr_decay
+        Factor applied to the learning rate after each step (1: constant). It depends only on the
+        step, so the posterior after ``k`` steps is the same for any ``n_steps >= k``.
     n_samples
-        Fixed reparameterisation samples per cell in the objective.
+        Reparameterisation samples per cell and step.
+    noise
+        ``"per_step"`` (fresh draws every step, last iterate) or ``"fixed"`` (the same draws every
+        step, best iterate); see the module docstring.
     batch_size
-        Cells refined together; memory grows with ``batch_size × n_samples``.
+        Cells refined together; memory grows with ``batch_size * n_samples``.
     seed
-        Seed of the fixed noise (training and evaluation streams).
-    keep_best
-        Return each cell's best iterate under the optimised objective (never worse than the
-        encoder's), instead of the last one.
+        Seed of all the noise.
     record_elbo_at
-        Steps after which to evaluate the ELBO of each cell's posterior (0: the encoder's); each
-        must be ``<= n_steps``. The posterior recorded at step ``k`` is the one that ``n_steps=k``
-        returns.
+        Steps after which to evaluate each cell's ELBO (0: the encoders' posterior); each must be
+        ``<= n_steps``. The posterior recorded at step ``k`` is the one ``n_steps=k`` returns.
     n_eval_samples
-        Fixed samples (an independent stream) for the recorded ELBOs.
+        Samples (stream :data:`EVALUATION_STREAM`, the same at every recorded step) for the
+        recorded ELBOs.
     """
 
     n_steps: int = 20
     lr: float = DEFAULT_LR
+    lr_decay: float = DEFAULT_LR_DECAY
     n_samples: int = DEFAULT_N_SAMPLES
+    noise: str = "per_step"
     batch_size: int = 512
     seed: int = 0
-    keep_best: bool = True
     record_elbo_at: tuple[int, ...] = ()
     n_eval_samples: int = 32
-    resample_noise: bool = False
-    final_lr_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("n_steps", "n_samples", "batch_size", "n_eval_samples"):
-            value = getattr(self, name)
-            minimum = 0 if name == "n_steps" else 1
-            if not isinstance(value, int | np.integer) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        for name, minimum in (("n_steps", 0), ("n_samples", 1), ("batch_size", 1)):
+            _check_int(getattr(self, name), name, minimum)
+        _check_int(self.n_eval_samples, "n_eval_samples", 1)
+        _check_int(self.seed, "seed", 0)
         if not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}.")
-        bad = [k for k in self.record_elbo_at if not 0 <= int(k) <= self.n_steps]
+        if not (isinstance(self.lr_decay, float | int) and 0 < self.lr_decay <= 1):
+            raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay!r}.")
+        if self.noise not in NOISE_SCHEMES:
+            raise ValueError(f"noise must be one of {NOISE_SCHEMES}, got {self.noise!r}.")
+        bad = [k for k in self.record_elbo_at if not 0 <= k <= self.n_steps]
         if bad:
-            raise ValueError(f"record_elbo_at has steps outside [0, n_steps={self.n_steps}]: {bad}")
+            raise ValueError(f"record_elbo_at has steps outside [0, n_steps={self.n_steps}]: {bad}.")
+
+
+def _check_int(value: object, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -118,13 +143,13 @@ class RefinementResult:
     mean, log_variance
         The refined q(z|x), each ``(n_cells, n_latent)`` float32.
     recorded_steps
-        The steps of ``elbo``'s columns (sorted, unique).
+        The steps of ``elbo``'s columns (sorted, unique; empty when nothing was recorded).
     elbo
-        ELBO per cell after each recorded step, ``(n_cells, n_recorded)``, computed with
-        ``n_eval_samples`` fixed samples independent of the optimised ones; ``None`` when nothing
-        was recorded.
+        ELBO per cell after each recorded step, ``(n_cells, n_recorded)``, with
+        ``n_eval_samples`` draws independent of the optimised ones; ``None`` when nothing was
+        recorded.
     seconds
-        Wall-clock time of the whole refinement (recording included).
+        Wall-clock time of the refinement (recording included).
     """
 
     mean: np.ndarray
@@ -139,7 +164,7 @@ class RefinementResult:
         return self.mean, self.log_variance
 
 
-# ---------------------------------------------------------------------------------------- noise
+# ------------------------------------------------------------------------------------ noise
 def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
     """``(x * constant) mod 2**32`` for int64 ``x`` in ``[0, 2**32)``, without int64 overflow."""
     low, high = x & 0xFFFF, x >> 16
@@ -156,21 +181,21 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def fixed_normal_noise(
-    cell_ids: torch.Tensor, n_samples: int, n_latent: int, seed: int, stream: int = TRAINING_STREAM
+    cell_ids: torch.Tensor, n_samples: int, n_latent: int, seed: int, stream: int
 ) -> torch.Tensor:
-    """Standard normal draws that depend only on each cell's id, the seed and the stream.
+    """Standard normal draws that depend only on each cell's id, ``seed`` and ``stream``.
 
-    A counter-based generator (hash + Box-Muller): the draws of a cell are the same in any
-    minibatch and on any device, and the first ``k`` samples do not depend on ``n_samples``.
+    A counter-based generator (hash, then Box-Muller in float64): a cell's draws are the same in
+    any minibatch and on any device, and its first ``k`` samples do not depend on ``n_samples``.
 
     Parameters
     ----------
     cell_ids
-        Integer ids of the cells (their positions in the data), shape ``(batch,)``.
+        Non-negative integer ids of the cells (their positions in the data), shape ``(batch,)``.
     n_samples, n_latent
         Draws per cell and latent dimension.
     seed, stream
-        Independent noise for each ``(seed, stream)`` pair.
+        Each ``(seed, stream)`` pair gives independent draws.
 
     Returns
     -------
@@ -187,43 +212,50 @@ def fixed_normal_noise(
     return (radius * torch.cos(2.0 * math.pi * uniform[..., 1])).to(torch.float32)
 
 
-# ---------------------------------------------------------------------------------------- ELBO
-def _reconstruction_sum(module: VAE, z: torch.Tensor, batch: Minibatch) -> torch.Tensor:
-    """``sum_m log p(x_m | z)`` per row of ``z`` (``(rows, n_latent)``; ``batch`` has the same rows)."""
-    return torch.stack(list(module.reconstruction(z, batch).values())).sum(0)
+# ------------------------------------------------------------------------------------ ELBO
+class _Repeats:
+    """``batch`` with every cell repeated ``k`` times, built once per ``k``."""
+
+    def __init__(self, batch: Minibatch) -> None:
+        self.batch = batch
+        self._cache: dict[int, Minibatch] = {}
+
+    def __call__(self, k: int) -> Minibatch:
+        if k not in self._cache:
+            self._cache[k] = repeat_minibatch(self.batch, k)
+        return self._cache[k]
 
 
-def _fixed_noise_elbo(
-    module: VAE, batch: Minibatch, posterior: Posterior, noise: torch.Tensor
-) -> torch.Tensor:
-    """Per-cell ELBO with the given noise: ``mean_s log p(x | mean + std * noise_s) - KL``.
+def _noise_elbo(module: VAE, repeats: _Repeats, posterior: Posterior, noise: torch.Tensor) -> torch.Tensor:
+    """Per-cell ELBO with the given draws: ``mean_s log p(x | mean + std * noise_s) - KL``.
 
     ``noise`` is ``(n_samples, batch, n_latent)``; samples are decoded in chunks of at most
     ``MAX_DECODED_ROWS`` rows. Returns ``(batch,)``, differentiable in the posterior.
     """
-    n_samples, n_cells, _ = noise.shape
+    n_samples, n_cells, n_latent = noise.shape
     chunk = max(1, min(n_samples, MAX_DECODED_ROWS // n_cells))
     total = torch.zeros(n_cells, device=noise.device, dtype=posterior.mean.dtype)
     for start in range(0, n_samples, chunk):
         part = noise[start : start + chunk]
-        z = (posterior.mean + posterior.std * part).reshape(-1, posterior.mean.shape[-1])
-        log_lik = _reconstruction_sum(module, z, repeat_minibatch(batch, part.shape[0]))
-        total = total + log_lik.view(part.shape[0], n_cells).sum(0)
+        z = (posterior.mean + posterior.std * part).reshape(-1, n_latent)
+        log_lik = module.reconstruction(z, repeats(part.shape[0]))
+        total = total + torch.stack(list(log_lik.values())).sum(0).view(-1, n_cells).sum(0)
     return total / n_samples - gaussian_kl(posterior)
 
 
 @contextmanager
 def frozen(module: VAE) -> Iterator[VAE]:
-    """Evaluation mode and ``requires_grad=False`` on every parameter, both restored afterwards."""
+    """Eval mode and ``requires_grad=False`` on every parameter; both are restored afterwards."""
     was_training = module.training
-    requires_grad = [p.requires_grad for p in module.parameters()]
+    parameters = list(module.parameters())
+    requires_grad = [p.requires_grad for p in parameters]
     module.eval()
-    for parameter in module.parameters():
+    for parameter in parameters:
         parameter.requires_grad_(False)
     try:
         yield module
     finally:
-        for parameter, flag in zip(module.parameters(), requires_grad, strict=True):
+        for parameter, flag in zip(parameters, requires_grad, strict=True):
             parameter.requires_grad_(flag)
         module.train(was_training)
 
@@ -232,7 +264,7 @@ def _chunks(
     data: CellData, index: np.ndarray, batch_size: int
 ) -> Iterator[tuple[slice, Minibatch, torch.Tensor]]:
     """Minibatches over ``index``: their rows within ``index``, the cells, and the cells' ids
-    (positions in ``data``, ``(batch,)``)."""
+    (positions in ``data``, shape ``(batch,)``)."""
     ids = torch.as_tensor(np.asarray(index, dtype=np.int64), device=data.device)
     starts = range(0, len(index), batch_size)
     for start, batch in zip(starts, data.iterate(ids, batch_size), strict=True):
@@ -246,26 +278,29 @@ def elbo_with_fixed_noise(
     index: np.ndarray,
     posteriors: tuple[np.ndarray, np.ndarray] | None = None,
     *,
-    n_samples: int = DEFAULT_N_SAMPLES,
+    n_samples: int = 32,
     seed: int = 0,
-    stream: int = TRAINING_STREAM,
+    stream: int = EVALUATION_STREAM,
     batch_size: int = 512,
 ) -> np.ndarray:
-    """Per-cell ELBO (KL weight 1) with the fixed noise of :func:`fixed_normal_noise`.
+    """Per-cell ELBO (KL weight 1) averaged over the draws of :func:`fixed_normal_noise`.
 
-    With ``stream=TRAINING_STREAM`` and the same ``n_samples`` and ``seed`` this is exactly the
-    objective :func:`refine_posteriors` maximises.
+    The defaults match the ELBOs that :func:`refine_posteriors` records. With
+    ``stream=TRAINING_STREAM`` (and its ``n_samples`` and ``seed``) this is the objective that
+    ``noise="fixed"`` refinement maximises.
 
     Parameters
     ----------
     module
-        A trained VAE.
+        A trained VAE (left as found).
     data, index
         The cells (on the module's device) and their positions, ``(n_cells,)``.
     posteriors
         ``(mean, log_variance)`` arrays ``(n_cells, n_latent)``; default the encoders'.
-    n_samples, seed, stream, batch_size
-        Noise and chunking.
+    n_samples, seed, stream
+        The draws.
+    batch_size
+        Cells per chunk.
 
     Returns
     -------
@@ -274,95 +309,101 @@ def elbo_with_fixed_noise(
     out = []
     with frozen(module), torch.no_grad():
         for rows, batch, ids in _chunks(data, index, batch_size):
-            posterior = module.posterior(batch)
-            if posteriors is not None:
+            if posteriors is None:
+                posterior = module.posterior(batch)
+            else:
                 posterior = Posterior(
                     torch.as_tensor(posteriors[0][rows], device=data.device),
                     torch.as_tensor(posteriors[1][rows], device=data.device),
                 )
             noise = fixed_normal_noise(ids, n_samples, module.config.n_latent, seed, stream)
-            out.append(_fixed_noise_elbo(module, batch, posterior, noise).cpu().numpy())
+            out.append(_noise_elbo(module, _Repeats(batch), posterior, noise).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-# ---------------------------------------------------------------------------------------- refine
+# ------------------------------------------------------------------------------------ refine
 @dataclass
-class _BatchState:
-    """The variational parameters of one minibatch during refinement (each ``(batch, n_latent)``)."""
+class _Iterate:
+    """Variational parameters of one minibatch, each ``(batch, n_latent)``, and the kept one."""
 
     mean: torch.Tensor
     log_variance: torch.Tensor
-    best_mean: torch.Tensor
-    best_log_variance: torch.Tensor
-    best_objective: torch.Tensor  # (batch,)
+    kept_mean: torch.Tensor
+    kept_log_variance: torch.Tensor
+    kept_objective: torch.Tensor  # (batch,)
 
-    def keep_improved(self, objective: torch.Tensor, keep_best: bool) -> None:
-        """Remember the current iterate where it beats the best so far (or always, without
-        ``keep_best``)."""
+    @classmethod
+    def start(cls, initial: Posterior) -> _Iterate:
+        mean, log_variance = initial.mean.detach(), initial.log_variance.detach()
+        return cls(
+            mean=mean.clone().requires_grad_(True),
+            log_variance=log_variance.clone().requires_grad_(True),
+            kept_mean=mean.clone(),
+            kept_log_variance=log_variance.clone(),
+            kept_objective=torch.full_like(mean[:, 0], -math.inf),
+        )
+
+    def current(self) -> Posterior:
+        return Posterior(self.mean, self.log_variance)
+
+    def kept(self) -> Posterior:
+        return Posterior(self.kept_mean, self.kept_log_variance)
+
+    def keep(self, objective: torch.Tensor | None, best_only: bool) -> None:
+        """Keep every cell's current iterate, or with ``best_only`` only where ``objective``
+        (``(batch,)``) beats the kept one's."""
+        if not best_only or objective is None:
+            self.kept_mean = self.mean.detach().clone()
+            self.kept_log_variance = self.log_variance.detach().clone()
+            return
         objective = objective.detach()
-        better = objective > self.best_objective if keep_best else torch.ones_like(objective, dtype=bool)
-        column = better.unsqueeze(-1)
-        self.best_mean = torch.where(column, self.mean.detach(), self.best_mean)
-        self.best_log_variance = torch.where(column, self.log_variance.detach(), self.best_log_variance)
-        self.best_objective = torch.where(better, objective, self.best_objective)
-
-    def best(self) -> Posterior:
-        return Posterior(self.best_mean, self.best_log_variance)
-
-
-def _start(module: VAE, batch: Minibatch) -> _BatchState:
-    with torch.no_grad():
-        initial = module.posterior(batch)
-    mean = initial.mean.detach().clone().requires_grad_(True)
-    log_variance = initial.log_variance.detach().clone().requires_grad_(True)
-    return _BatchState(
-        mean=mean,
-        log_variance=log_variance,
-        best_mean=initial.mean.detach().clone(),
-        best_log_variance=initial.log_variance.detach().clone(),
-        best_objective=torch.full_like(initial.mean[:, 0], -math.inf),
-    )
+        better = objective > self.kept_objective
+        self.kept_mean = torch.where(better[:, None], self.mean.detach(), self.kept_mean)
+        self.kept_log_variance = torch.where(
+            better[:, None], self.log_variance.detach(), self.kept_log_variance
+        )
+        self.kept_objective = torch.where(better, objective, self.kept_objective)
 
 
 def _refine_batch(
     module: VAE, batch: Minibatch, ids: torch.Tensor, options: RefineOptions
 ) -> tuple[Posterior, torch.Tensor | None]:
-    """Refine one minibatch; returns the posterior and the recorded ELBOs ``(batch, n_recorded)``."""
+    """Refine one minibatch: the posterior and the recorded ELBOs ``(batch, n_recorded)``."""
     n_latent = module.config.n_latent
-    state = _start(module, batch)
-    noise = fixed_normal_noise(ids, options.n_samples, n_latent, options.seed, TRAINING_STREAM)
+    repeats = _Repeats(batch)
+    with torch.no_grad():
+        iterate = _Iterate.start(module.posterior(batch))
     record = sorted(set(options.record_elbo_at))
     eval_noise = (
         fixed_normal_noise(ids, options.n_eval_samples, n_latent, options.seed, EVALUATION_STREAM)
         if record
         else None
     )
-    optimizer = torch.optim.Adam([state.mean, state.log_variance], lr=options.lr)
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, options.n_steps, eta_min=options.lr * options.final_lr_fraction
-        )
-        if options.final_lr_fraction < 1
-        else None
-    )
+    optimizer = torch.optim.Adam([iterate.mean, iterate.log_variance], lr=options.lr)
+    decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, options.lr_decay)
+    fixed = options.noise == "fixed"
+    noise = fixed_normal_noise(ids, options.n_samples, n_latent, options.seed, TRAINING_STREAM)
     recorded = []
     for step in range(options.n_steps + 1):
-        if options.resample_noise:
-            noise = fixed_normal_noise(ids, options.n_samples, n_latent, options.seed, 2 + step)
-        with torch.set_grad_enabled(step < options.n_steps):
-            objective = _fixed_noise_elbo(module, batch, Posterior(state.mean, state.log_variance), noise)
-        state.keep_improved(objective, options.keep_best)
+        last = step == options.n_steps
+        if not fixed:
+            stream = 2 + step
+            noise = fixed_normal_noise(ids, options.n_samples, n_latent, options.seed, stream)
+        objective = None
+        if fixed or not last:  # "per_step" keeps the last iterate without evaluating it
+            with torch.set_grad_enabled(not last):
+                objective = _noise_elbo(module, repeats, iterate.current(), noise)
+        iterate.keep(objective, best_only=fixed)
         if step in record:
             with torch.no_grad():
-                recorded.append(_fixed_noise_elbo(module, batch, state.best(), eval_noise))
-        if step == options.n_steps:
+                recorded.append(_noise_elbo(module, repeats, iterate.kept(), eval_noise))
+        if last:
             break
         optimizer.zero_grad(set_to_none=True)
         (-objective.sum()).backward()
         optimizer.step()
-        if schedule is not None:
-            schedule.step()
-    return state.best(), (torch.stack(recorded, -1) if recorded else None)
+        decay.step()
+    return iterate.kept(), (torch.stack(recorded, -1) if recorded else None)
 
 
 def refine_posteriors(
@@ -372,46 +413,49 @@ def refine_posteriors(
     *,
     n_steps: int = 20,
     lr: float = DEFAULT_LR,
+    lr_decay: float = DEFAULT_LR_DECAY,
     n_samples: int = DEFAULT_N_SAMPLES,
+    noise: str = "per_step",
     batch_size: int = 512,
     seed: int = 0,
-    keep_best: bool = True,
     record_elbo_at: Sequence[int] = (),
     n_eval_samples: int = 32,
-    resample_noise: bool = False,
-    final_lr_fraction: float = 1.0,
 ) -> RefinementResult:
-    """Refine the encoder's q(z|x) of each cell by Adam steps on its own ELBO (decoders frozen).
+    """Refine each cell's q(z|x) by Adam steps on its own ELBO, starting from the encoders'.
 
     Parameters
     ----------
     module
-        A trained VAE; its weights, ``requires_grad`` flags and train/eval mode are left as found
-        (it runs in eval mode: no dropout).
+        A trained VAE. Its weights, their ``requires_grad`` flags and ``.grad`` and its train/eval
+        mode are left as found; it runs in eval mode (no dropout).
     data
         The cells, on the module's device.
     index
-        Positions of the cells to refine, ``(n_cells,)``.
-    n_steps, lr, n_samples, batch_size, seed, keep_best, record_elbo_at, n_eval_samples
+        Positions of the cells to refine, ``(n_cells,)``; they also key the noise.
+    n_steps, lr, lr_decay, n_samples, noise, batch_size, seed, record_elbo_at, n_eval_samples
         See :class:`RefineOptions`.
 
     Returns
     -------
     RefinementResult
-        ``mean`` and ``log_variance`` ``(n_cells, n_latent)`` in the order of ``index`` (use
-        ``.posteriors`` as ``posteriors=`` in :mod:`scamort.inference`), and the recorded ELBOs.
+        ``mean`` and ``log_variance`` ``(n_cells, n_latent)`` in the order of ``index`` (pass
+        ``.posteriors`` as ``posteriors=`` to :mod:`scamort.inference`) and the recorded ELBOs.
+
+    Raises
+    ------
+    ValueError
+        If an option is invalid.
     """
     options = RefineOptions(
         n_steps=n_steps,
         lr=lr,
+        lr_decay=lr_decay,
         n_samples=n_samples,
+        noise=noise,
         batch_size=batch_size,
         seed=seed,
-        keep_best=keep_best,
         record_elbo_at=tuple(int(k) for k in record_elbo_at),
         n_eval_samples=n_eval_samples,
-        resample_noise=resample_noise,
-        final_lr_fraction=final_lr_fraction,
     )
     return refine_with_options(module, data, index, options)
 
@@ -429,18 +473,16 @@ def refine_with_options(
             log_variances.append(posterior.log_variance.cpu().numpy())
             if recorded is not None:
                 elbos.append(recorded.cpu().numpy())
-    n_latent = module.config.n_latent
-    empty = np.zeros((0, n_latent), dtype=np.float32)
-    recorded_steps = tuple(sorted(set(options.record_elbo_at)))
+    steps = tuple(sorted(set(options.record_elbo_at)))
+    empty = np.zeros((0, module.config.n_latent), dtype=np.float32)
+    elbo = None
+    if steps:
+        elbo = np.concatenate(elbos) if elbos else np.zeros((0, len(steps)), dtype=np.float32)
     return RefinementResult(
         mean=np.concatenate(means) if means else empty,
         log_variance=np.concatenate(log_variances) if log_variances else empty,
-        recorded_steps=recorded_steps,
-        elbo=(
-            np.concatenate(elbos)
-            if elbos
-            else (np.zeros((0, len(recorded_steps)), np.float32) if recorded_steps else None)
-        ),
+        recorded_steps=steps,
+        elbo=elbo,
         seconds=time.perf_counter() - started,
     )
 
@@ -452,19 +494,18 @@ def maybe_refine(
     refine_steps: int,
     options: RefineOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """``posteriors=`` for :mod:`scamort.inference`: ``None`` (the encoders') when
-    ``refine_steps == 0``, else the posteriors refined for ``refine_steps`` steps.
+    """The ``posteriors=`` argument of :mod:`scamort.inference` for a ``refine_steps`` keyword.
 
-    ``options`` sets everything else (default :class:`RefineOptions`); its ``n_steps`` is replaced
-    and nothing is recorded.
+    Returns ``None`` (use the encoders') when ``refine_steps == 0``, else ``(mean, log_variance)``
+    refined for ``refine_steps`` steps with ``options`` (default :class:`RefineOptions`; its
+    ``n_steps`` is replaced and nothing is recorded).
 
     Raises
     ------
     ValueError
         If ``refine_steps`` is not an integer ``>= 0``.
     """
-    if not isinstance(refine_steps, int | np.integer) or refine_steps < 0:
-        raise ValueError(f"refine_steps must be an integer >= 0, got {refine_steps!r}.")
+    _check_int(refine_steps, "refine_steps", 0)
     if refine_steps == 0:
         return None
     options = replace(options or RefineOptions(), n_steps=int(refine_steps), record_elbo_at=())

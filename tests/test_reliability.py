@@ -1,4 +1,4 @@
-"""Reliability: kill-and-resume, non-finite losses, extreme data, reproducibility, the saved-format fixture."""
+"""Reliability: kill-and-resume, non-finite losses, extreme data, reproducibility, the save-format fixture."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from scamort.data.cell_data import CellData
@@ -19,6 +20,7 @@ from scamort.errors import InputError
 from scamort.module import VAE
 from scamort.train.checkpoint import load_checkpoint, save_checkpoint
 from scamort.train.config import TrainConfig
+from scamort.train.distributed import all_reduce_mean, init_from_environment, rank_and_world_size, shard
 
 __all__ = ["NonFiniteLossError", "TrainingResult", "fit", "split_cells"]
 
@@ -126,6 +128,9 @@ def fit(
 ) -> TrainingResult:
     """Train ``module`` on ``data`` in place.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is joined and each rank trains on its
+    shard with DistributedDataParallel; the result is one model, identical on every rank.
+
     Parameters
     ----------
     module
@@ -137,7 +142,7 @@ def fit(
     device
         Where to train.
     progress_bar
-        Show a tqdm bar over epochs with the current ELBOs.
+        Show a tqdm bar over epochs with the current ELBOs (on rank 0 only).
     checkpoint_dir
         Save a checkpoint there every ``checkpoint_every`` epochs (atomically); if it already holds one
         from the same options, resume from it. On CPU a resumed run ends with the same weights as an
@@ -154,8 +159,11 @@ def fit(
     """
     train_np, validation_np = split_cells(data.n_cells, config.train_size, config.seed)
     torch.manual_seed(config.seed)
+    init_from_environment(device)
+    rank, world_size = rank_and_world_size()
     data = data.to(device)
     module.to(device).train()
+    trainer = DistributedDataParallel(module) if world_size > 1 else module
     train_index = torch.as_tensor(train_np, device=device)
     validation_index = torch.as_tensor(validation_np, device=device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -179,7 +187,7 @@ def fit(
         range(progress.epoch, config.max_epochs if not stopped_early else progress.epoch),
         desc="training",
         unit="epoch",
-        disable=not progress_bar,
+        disable=not progress_bar or rank != 0,
         leave=False,
         initial=progress.epoch,
         total=config.max_epochs,
@@ -189,16 +197,16 @@ def fit(
         last_good = copy.deepcopy(module.state_dict())
         totals = _Totals(device)
         order = train_index[torch.randperm(len(train_np), generator=generator, device=device)]
-        for batch in data.iterate(order, config.batch_size):
+        for batch in data.iterate(shard(order, rank, world_size), config.batch_size):
             kl_weight = min(1.0, progress.step / warmup_steps) if warmup_steps else 1.0
-            terms = module.loss_terms(batch)
+            terms = trainer(batch)
             loss = -terms.elbo(kl_weight).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             totals.add(loss, terms.total_reconstruction, terms.kl)
             progress.step += 1
-        train = totals.means()
+        train = all_reduce_mean(totals.means(), device)
         if not math.isfinite(train[0]):
             module.load_state_dict(last_good)
             raise NonFiniteLossError(
@@ -206,8 +214,13 @@ def fit(
                 "before that epoch. Check the data for extreme values or lower lr."
             )
         validation = (
-            _evaluate(module, data, validation_index, config.validation_batch_size)
-            if len(validation_np)
+            all_reduce_mean(
+                _evaluate(
+                    module, data, shard(validation_index, rank, world_size), config.validation_batch_size
+                ),
+                device,
+            )
+            if len(validation_np) >= world_size
             else [math.nan] * 3
         )
         progress.rows.append(
@@ -216,7 +229,8 @@ def fit(
         progress.epoch = epoch + 1
         epochs.set_postfix(train_elbo=f"{train[1]:.1f}", validation_elbo=f"{validation[0]:.1f}")
         stop = _early_stopping_says_stop(progress, validation[0], module, config, warmup_steps)
-        if checkpoint_dir is not None and (stop or progress.epoch % checkpoint_every == 0):
+        due = stop or progress.epoch % checkpoint_every == 0
+        if checkpoint_dir is not None and rank == 0 and due:
             save_checkpoint(
                 checkpoint_dir,
                 {

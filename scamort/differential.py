@@ -1,0 +1,483 @@
+"""Bayesian differential expression from a trained model's posterior, as scVI users know it.
+
+For each group of cells, latent vectors are drawn from q(z | x) of randomly chosen cells of the group and
+decoded into normalized expression (expression proportions ``ρ``, rows summing to 1). With batch
+correction every draw is decoded under each of the model's batches and the proportions are averaged, so
+both groups are compared on the same batch-free footing. Draw ``i`` of group 1 is paired with draw ``i``
+of group 2, and each pair gives a log2 fold change per gene. From these posterior samples:
+
+``mode="change"`` (Boyeau et al. 2019)
+    ``proba_de = P(|LFC| >= delta)``, its Bayes factor ``log(p / (1 - p))``, the posterior LFC mean,
+    median and standard deviation, and posterior expected FDR control: genes sorted by ``proba_de``;
+    the largest prefix whose mean of ``1 - proba_de`` is at most ``fdr_target`` is called DE.
+``mode="vanilla"`` (Lopez et al. 2018)
+    ``proba_m1 = P(ρ1 > ρ2)`` and its Bayes factor.
+
+The statistics are pure functions of the sampled arrays (:func:`change_statistics`,
+:func:`vanilla_statistics`, :func:`posterior_expected_fdr`, :func:`fdr_de_flags`); only
+:func:`differential_expression` touches the model and the AnnData.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scamort import inference
+from scamort.data import encode_cells
+from scamort.data.sources import is_mudata
+from scamort.errors import InputError
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from scamort.data import CellData
+    from scamort.model import Model
+
+__all__ = [
+    "MODES",
+    "change_statistics",
+    "differential_expression",
+    "estimate_pseudocount",
+    "fdr_de_flags",
+    "posterior_expected_fdr",
+    "vanilla_statistics",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The supported test modes.
+MODES = ("change", "vanilla")
+
+#: Mean raw count below which a gene counts as not expressed in a group (pseudocount estimate).
+_NOT_EXPRESSED_MEAN = 0.01
+#: Added inside the Bayes factor's logarithms so that probabilities of 0 or 1 stay finite.
+_EPS = 1e-8
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def change_statistics(
+    scales1: np.ndarray, scales2: np.ndarray, *, delta: float, pseudocount: float = 0.0
+) -> dict[str, np.ndarray]:
+    """Posterior log2 fold-change statistics of paired normalized-expression samples.
+
+    Parameters
+    ----------
+    scales1, scales2
+        Paired samples of normalized expression of the two groups, each ``(n_pairs, n_features)``.
+    delta
+        Half-width of the no-change region on the log2 scale: a pair counts as a change where
+        ``|LFC| >= delta``.
+    pseudocount
+        Added to both scales before the logarithm (damps fold changes of unexpressed genes).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Arrays of shape ``(n_features,)``: ``proba_de`` (``P(|LFC| >= delta)``), ``proba_not_de``,
+        ``bayes_factor`` (``log(proba_de / proba_not_de)``), ``lfc_mean``, ``lfc_median``,
+        ``lfc_std``, ``lfc_min``, ``lfc_max``.
+    """
+    _check_pairs(scales1, scales2)
+    if not delta > 0:
+        raise InputError(f"delta must be positive (a log2 fold change), got {delta!r}.")
+    lfc = np.log2(scales1 + pseudocount) - np.log2(scales2 + pseudocount)
+    proba_de = np.mean(np.abs(lfc) >= delta, axis=0)
+    return {
+        "proba_de": proba_de,
+        "proba_not_de": 1.0 - proba_de,
+        "bayes_factor": np.log(proba_de + _EPS) - np.log(1.0 - proba_de + _EPS),
+        "lfc_mean": lfc.mean(axis=0),
+        "lfc_median": np.median(lfc, axis=0),
+        "lfc_std": lfc.std(axis=0),
+        "lfc_min": lfc.min(axis=0),
+        "lfc_max": lfc.max(axis=0),
+    }
+
+
+def vanilla_statistics(scales1: np.ndarray, scales2: np.ndarray) -> dict[str, np.ndarray]:
+    """Posterior probability that group 1 expresses each feature more than group 2.
+
+    Parameters
+    ----------
+    scales1, scales2
+        Paired samples of normalized expression of the two groups, each ``(n_pairs, n_features)``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Arrays of shape ``(n_features,)``: ``proba_m1`` (``P(ρ1 > ρ2)``), ``proba_m2``
+        (``1 - proba_m1``) and ``bayes_factor`` (``log(proba_m1 / proba_m2)``).
+    """
+    _check_pairs(scales1, scales2)
+    proba_m1 = np.mean(scales1 > scales2, axis=0)
+    return {
+        "proba_m1": proba_m1,
+        "proba_m2": 1.0 - proba_m1,
+        "bayes_factor": np.log(proba_m1 + _EPS) - np.log(1.0 - proba_m1 + _EPS),
+    }
+
+
+def posterior_expected_fdr(proba_de: np.ndarray) -> np.ndarray:
+    """Posterior expected false discovery rate of calling the ``k`` most probable features DE.
+
+    Parameters
+    ----------
+    proba_de
+        Posterior probability of differential expression per feature, ``(n_features,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_features,)``: entry ``k - 1`` is the mean of ``1 - proba_de`` over the ``k`` features
+        with the highest ``proba_de`` (features in decreasing order of ``proba_de``).
+    """
+    ordered = np.sort(np.asarray(proba_de, dtype=np.float64))[::-1]
+    return np.cumsum(1.0 - ordered) / np.arange(1, ordered.size + 1)
+
+
+def fdr_de_flags(proba_de: np.ndarray, fdr_target: float = 0.05) -> np.ndarray:
+    """Call features DE while the posterior expected FDR stays at most ``fdr_target``.
+
+    The features are sorted by ``proba_de`` (decreasing) and the longest prefix whose posterior
+    expected FDR (:func:`posterior_expected_fdr`) is ``<= fdr_target`` is flagged.
+
+    Parameters
+    ----------
+    proba_de
+        Posterior probability of differential expression per feature, ``(n_features,)``.
+    fdr_target
+        Largest tolerated posterior expected FDR, in ``(0, 1)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean ``(n_features,)`` in the input order.
+    """
+    if not 0 < fdr_target < 1:
+        raise InputError(f"fdr_target must lie in (0, 1), got {fdr_target!r}.")
+    proba_de = np.asarray(proba_de, dtype=np.float64)
+    order = np.argsort(-proba_de, kind="stable")
+    below = np.flatnonzero(posterior_expected_fdr(proba_de) <= fdr_target)
+    n_called = 0 if below.size == 0 else int(below[-1]) + 1
+    flags = np.zeros(proba_de.size, dtype=bool)
+    flags[order[:n_called]] = True
+    return flags
+
+
+def estimate_pseudocount(
+    scales1: np.ndarray,
+    scales2: np.ndarray,
+    not_expressed1: np.ndarray,
+    not_expressed2: np.ndarray,
+    quantile: float = 0.9,
+) -> float:
+    """The pseudocount scVI's ``change`` mode estimates from genes a group does not express.
+
+    For each group, the ``quantile`` of the largest sampled scale among features the group does not
+    express; the larger of the two, divided by the number of features (at least ``1e-10``).
+
+    Parameters
+    ----------
+    scales1, scales2
+        Normalized-expression samples of the groups, each ``(n_samples, n_features)``.
+    not_expressed1, not_expressed2
+        Boolean ``(n_features,)``: features (nearly) absent from the group's counts.
+    quantile
+        Quantile of the per-feature maxima.
+
+    Returns
+    -------
+    float
+        The pseudocount.
+    """
+    levels = []
+    for scales, absent in ((scales1, not_expressed1), (scales2, not_expressed2)):
+        absent = np.asarray(absent, dtype=bool)
+        levels.append(float(np.quantile(scales.max(axis=0)[absent], quantile)) if absent.any() else 1e-10)
+    return max(1e-10, max(levels) / scales1.shape[1])
+
+
+def _check_pairs(scales1: np.ndarray, scales2: np.ndarray) -> None:
+    if scales1.shape != scales2.shape or scales1.ndim != 2:
+        raise ValueError(
+            f"Paired samples must share one 2-d shape (n_pairs, n_features); got {scales1.shape} "
+            f"and {scales2.shape}."
+        )
+
+
+# ---------------------------------------------------------------------------------------- groups
+def _group_masks(
+    obs: pd.DataFrame, groupby: str, group1: Any, group2: Any | None
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """Boolean cell masks of both groups and their labels (``"rest"`` for every other cell)."""
+    if not isinstance(groupby, str) or groupby not in obs.columns:
+        columns = ", ".join(map(repr, obs.columns)) or "none"
+        raise InputError(f"groupby={groupby!r} is not a column of .obs (columns: {columns}).")
+    column = obs[groupby]
+    labels = column.astype(str).to_numpy()
+    valid = column.notna().to_numpy()
+    known = list(column.cat.categories) if hasattr(column, "cat") else sorted(set(labels[valid]))
+    known = [str(k) for k in known]
+    for name, group in (("group1", group1), ("group2", group2)):
+        if group is not None and str(group) not in known:
+            shown = ", ".join(map(repr, known[:20])) + (", ..." if len(known) > 20 else "")
+            raise InputError(f"{name}={group!r} is not a group of .obs[{groupby!r}] (groups: {shown}).")
+    label1 = str(group1)
+    label2 = "rest" if group2 is None else str(group2)
+    if group2 is not None and label1 == label2:
+        raise InputError(f"group1 and group2 are the same group ({label1!r}); compare two different groups.")
+    mask1 = valid & (labels == label1)
+    mask2 = valid & (labels != label1) if group2 is None else valid & (labels == label2)
+    for label, mask in ((label1, mask1), (label2, mask2)):
+        if not mask.any():
+            raise InputError(
+                f"Group {label!r} of .obs[{groupby!r}] has no cells; choose groups that have cells."
+            )
+    return mask1, mask2, label1, label2
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def _batch_codes(model: Model, batch_correction: bool) -> list[int | None]:
+    """Batch codes to decode under and average over; ``[None]`` decodes with each cell's own batch."""
+    if batch_correction and model.registry.batch_key is not None:
+        return list(range(model.registry.n_batch))
+    return [None]
+
+
+def _sample_scales(
+    model: Model,
+    data: CellData,
+    cells: np.ndarray,
+    *,
+    modality: str,
+    n_samples: int,
+    batch_codes: list[int | None],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``n_samples`` normalized-expression draws of one group, ``(n_samples, n_features)`` float64.
+
+    Each draw picks a random cell of ``cells`` (with replacement), samples z from its q(z | x) and
+    decodes it under every batch code (averaging the proportions).
+    """
+    unique, inverse = np.unique(rng.choice(cells, size=n_samples, replace=True), return_inverse=True)
+    mean, log_variance = inference.latent(model.module, data, unique)
+    mean, log_variance = mean[inverse], log_variance[inverse]
+    noise = rng.standard_normal(mean.shape).astype(mean.dtype)
+    z = mean + np.exp(0.5 * log_variance) * noise
+    drawn_cells = unique[inverse]
+    total = np.zeros((n_samples, model.registry.modality(modality).n_features))
+    for code in batch_codes:
+        total += inference.normalized_expression(
+            model.module,
+            data,
+            drawn_cells,
+            modality=modality,
+            transform_batch=code,
+            posteriors=(z, log_variance),
+        )
+    return total / len(batch_codes)
+
+
+def _raw_statistics(data: CellData, modality: str, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Observed-count summaries of the group's measured cells, each ``(n_features,)``."""
+    tensors = data.modalities[modality]
+    counts = sp.csr_matrix(
+        (tensors.values.cpu().numpy(), tensors.indices.cpu().numpy(), tensors.indptr.cpu().numpy()),
+        shape=(data.n_cells, tensors.n_features),
+    )
+    rows = np.flatnonzero(mask & tensors.present.cpu().numpy())
+    if rows.size == 0:
+        nan = np.full(tensors.n_features, np.nan)
+        return {"raw_mean": nan, "non_zeros_proportion": nan, "raw_normalized_mean": nan}
+    group = counts[rows]
+    library = np.maximum(np.asarray(group.sum(axis=1)).ravel(), 1.0)
+    normalized = sp.diags(1e4 / library) @ group
+    return {
+        "raw_mean": np.asarray(group.mean(axis=0)).ravel(),
+        "non_zeros_proportion": np.asarray((group > 0).mean(axis=0)).ravel(),
+        "raw_normalized_mean": np.asarray(normalized.mean(axis=0)).ravel(),
+    }
+
+
+# ---------------------------------------------------------------------------------------- entry point
+def differential_expression(
+    model: Model,
+    adata: ad.AnnData | None = None,
+    *,
+    groupby: str,
+    group1: Any,
+    group2: Any | None = None,
+    mode: str = "change",
+    delta: float = 0.25,
+    batch_correction: bool = True,
+    modality: str | None = None,
+    n_samples: int = 5000,
+    pseudocount: float | None = None,
+    fdr_target: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Bayesian differential expression between two groups of cells, from the model's posterior.
+
+    ``n_samples`` latent vectors per group are drawn from q(z | x) of randomly chosen cells of the group
+    and decoded into normalized expression ``ρ`` (proportions summing to 1 per draw). With
+    ``batch_correction`` each draw is decoded under every batch of the model and the proportions are
+    averaged. Draw ``i`` of group 1 is paired with draw ``i`` of group 2, giving posterior samples of the
+    log2 fold change ``LFC = log2(ρ1 + pseudocount) - log2(ρ2 + pseudocount)`` per feature.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`scamort.Model`.
+    adata
+        Cells to compare (default: the model's training data); an AnnData or MuData with the model's
+        features and covariate columns, and ``.obs[groupby]``.
+    groupby
+        ``.obs`` column defining the groups (e.g. cell types or Leiden clusters).
+    group1
+        The group of interest (a value of ``.obs[groupby]``).
+    group2
+        The reference group; ``None`` compares ``group1`` with all other cells ("rest").
+    mode
+        ``"change"``: probability of a change of at least ``delta`` in log2 fold change, with
+        posterior expected FDR control. ``"vanilla"``: probability that group 1 expresses a feature
+        more than group 2.
+    delta
+        Smallest log2 fold change that counts as a change (``"change"`` mode); ``0.25`` is a
+        ``2**0.25 ≈ 1.19``-fold change.
+    batch_correction
+        Decode every draw under each batch of the model and average (requires a model trained with
+        ``batch_key``; ignored otherwise). ``False`` decodes each draw with its own cell's batch.
+    modality
+        Which modality's features to test (default the model's first, e.g. RNA; ``"prot"`` for the
+        protein of a CITE-seq model).
+    n_samples
+        Posterior draws per group, and pairs of draws; more draws give smoother probabilities.
+        Memory: about ``2 × n_samples × n_features`` float64 values.
+    pseudocount
+        Added to the proportions before the logarithm; ``None`` estimates it as scVI does (from the
+        sampled proportions of genes a group does not express, mean raw count below 0.01).
+    fdr_target
+        Posterior expected false discovery rate of the ``is_de_fdr_<fdr_target>`` calls.
+    seed
+        Seeds the choice of cells and the posterior draws; the same seed gives the same table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per feature, indexed by feature name, sorted by evidence: in ``"change"`` mode by
+        ``proba_de`` then ``|lfc_mean|`` (decreasing), in ``"vanilla"`` mode by ``|bayes_factor|``
+        then ``|lfc_mean|``. Columns:
+
+        ``proba_de``, ``proba_not_de`` (``"change"``)
+            Posterior probability that ``|LFC| >= delta``, and its complement.
+        ``proba_m1``, ``proba_m2`` (``"vanilla"``)
+            Posterior probability that ``ρ1 > ρ2``, and its complement.
+        ``bayes_factor``
+            Natural-log Bayes factor ``log(p / (1 - p))`` of ``proba_de`` (``"change"``) or
+            ``proba_m1`` (``"vanilla"``).
+        ``lfc_mean``, ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max``
+            Posterior summaries of the log2 fold change (group 1 over group 2; positive means higher
+            in group 1).
+        ``scale1``, ``scale2``
+            Mean sampled normalized expression (proportion of a cell's counts) in each group.
+        ``raw_mean1``, ``raw_mean2``, ``non_zeros_proportion1``, ``non_zeros_proportion2``,
+        ``raw_normalized_mean1``, ``raw_normalized_mean2``
+            Observed counts of each group's measured cells: mean count, fraction of cells with a
+            nonzero count, mean count per 10k counts.
+        ``is_de_fdr_<fdr_target>`` (``"change"``), e.g. ``is_de_fdr_0.05``
+            Called DE under posterior expected FDR control at ``fdr_target``.
+        ``delta`` (``"change"``), ``pseudocount``
+            The values used.
+        ``group1``, ``group2``
+            The compared groups (``"rest"`` when ``group2`` is ``None``).
+
+    Raises
+    ------
+    InputError
+        For an unknown ``groupby`` column, group, mode or modality; an empty group; or invalid
+        ``delta``, ``n_samples`` or ``fdr_target``.
+
+    Examples
+    --------
+    >>> de = scamort.differential.differential_expression(model, groupby="leiden", group1="3")
+    >>> de[de.is_de_fdr_0.05 & (de.lfc_mean > 0)].head(10)  # markers of cluster 3
+    """
+    if mode not in MODES:
+        raise InputError(f"mode={mode!r} is not supported; choose one of {', '.join(MODES)}.")
+    if not isinstance(n_samples, int | np.integer) or n_samples < 2:
+        raise InputError(f"n_samples must be an integer >= 2, got {n_samples!r}.")
+    if mode == "change" and not delta > 0:
+        raise InputError(f"delta must be positive (a log2 fold change), got {delta!r}.")
+    if not 0 < fdr_target < 1:
+        raise InputError(f"fdr_target must lie in (0, 1), got {fdr_target!r}.")
+    if pseudocount is not None and not pseudocount >= 0:
+        raise InputError(f"pseudocount must be >= 0 or None, got {pseudocount!r}.")
+    source = model.adata if adata is None else adata
+    if not is_mudata(source) and type(source).__name__ != "AnnData":
+        raise InputError(f"Expected an AnnData or MuData, got {type(source).__name__}.")
+    name = model.registry.modalities[0].name if modality is None else model.registry.modality(modality).name
+    mask1, mask2, label1, label2 = _group_masks(source.obs, groupby, group1, group2)
+    if not model.is_trained:
+        logger.warning("Differential expression with a model that has not been trained.")
+
+    data = encode_cells(source, model.registry).to(model.device)
+    rng = np.random.default_rng(seed)
+    codes = _batch_codes(model, batch_correction)
+    scales = [
+        _sample_scales(
+            model,
+            data,
+            np.flatnonzero(mask),
+            modality=name,
+            n_samples=int(n_samples),
+            batch_codes=codes,
+            rng=rng,
+        )
+        for mask in (mask1, mask2)
+    ]
+    raw1, raw2 = (_raw_statistics(data, name, mask) for mask in (mask1, mask2))
+    if pseudocount is None:
+        pseudocount = estimate_pseudocount(
+            scales[0],
+            scales[1],
+            np.nan_to_num(raw1["raw_mean"], nan=0.0) < _NOT_EXPRESSED_MEAN,
+            np.nan_to_num(raw2["raw_mean"], nan=0.0) < _NOT_EXPRESSED_MEAN,
+        )
+
+    columns: dict[str, Any] = {}
+    if mode == "change":
+        stats = change_statistics(scales[0], scales[1], delta=delta, pseudocount=pseudocount)
+        columns.update({k: stats[k] for k in ("proba_de", "proba_not_de", "bayes_factor")})
+    else:
+        columns.update(vanilla_statistics(scales[0], scales[1]))
+    # Effect sizes with a thousandfold smaller pseudocount, as scVI reports them.
+    lfc = change_statistics(scales[0], scales[1], delta=1.0, pseudocount=1e-3 * pseudocount)
+    columns.update({k: lfc[k] for k in ("lfc_mean", "lfc_median", "lfc_std", "lfc_min", "lfc_max")})
+    columns["scale1"], columns["scale2"] = scales[0].mean(axis=0), scales[1].mean(axis=0)
+    for key in ("raw_mean", "non_zeros_proportion", "raw_normalized_mean"):
+        columns[f"{key}1"], columns[f"{key}2"] = raw1[key], raw2[key]
+    if mode == "change":
+        columns[f"is_de_fdr_{fdr_target}"] = fdr_de_flags(columns["proba_de"], fdr_target)
+        columns["delta"] = float(delta)
+    columns["pseudocount"] = float(pseudocount)
+    columns["group1"], columns["group2"] = label1, label2
+
+    table = pd.DataFrame(columns, index=pd.Index(model.registry.modality(name).feature_names))
+    evidence = table["proba_de"] if mode == "change" else table["bayes_factor"].abs()
+    order = np.lexsort((-table["lfc_mean"].abs().to_numpy(), -evidence.to_numpy()))
+    table = table.iloc[order]
+    logger.info(
+        "Differential expression (%s mode) of %s: %d vs %d cells, %d draws per group%s.",
+        mode,
+        f"{groupby}={label1!r} vs {label2!r}",
+        int(mask1.sum()),
+        int(mask2.sum()),
+        n_samples,
+        ", batch-corrected" if codes != [None] else "",
+    )
+    return table

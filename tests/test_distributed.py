@@ -1,0 +1,70 @@
+"""Two-process DistributedDataParallel training on CPU (gloo), launched with torchrun."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import scamort
+from tests.conftest import make_counts
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = {"max_epochs": 12, "kl_warmup_epochs": 3, "early_stopping": False, "progress_bar": False}
+
+
+def test_two_ranks_end_with_identical_weights_and_train_as_well(tmp_path: Path) -> None:
+    script = tmp_path / "train_ddp.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys
+            import numpy as np, torch
+            sys.path.insert(0, {str(ROOT)!r})
+            import scamort
+            from tests.conftest import make_counts
+
+            torch.set_num_threads(1)
+            model = scamort.Model(make_counts(n_cells=400, seed=4), seed=1)
+            history = model.train(batch_size=64, **{OPTIONS!r})  # 2 ranks x 64 = one batch of 128
+            rank = int(os.environ["RANK"])
+            torch.save(model.module.state_dict(), sys.argv[1] + f"/rank{{rank}}.pt")
+            np.save(sys.argv[1] + f"/latent{{rank}}.npy", model.get_latent_representation())
+            history.to_csv(sys.argv[1] + f"/history{{rank}}.csv")
+            """
+        )
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            str(script),
+            str(tmp_path),
+        ],
+        check=True,
+        timeout=300,
+    )
+    weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=0)
+    latent = np.load(tmp_path / "latent0.npy")
+    assert np.isfinite(latent).all()
+    np.testing.assert_array_equal(np.load(tmp_path / "latent1.npy"), latent)
+
+    single = scamort.Model(make_counts(n_cells=400, seed=4), seed=1)
+    single_history = single.train(**OPTIONS)
+    assert latent.shape == single.get_latent_representation().shape
+
+    ddp_elbo = pd.read_csv(tmp_path / "history0.csv")["validation_elbo"].iloc[-1]
+    single_elbo = single_history["validation_elbo"].iloc[-1]
+    first_elbo = single_history["validation_elbo"].iloc[0]
+    # the same number of steps of the same global batch size: the same quality within a small margin
+    assert abs(ddp_elbo - single_elbo) < 0.1 * (single_elbo - first_elbo), (ddp_elbo, single_elbo, first_elbo)
