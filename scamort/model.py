@@ -15,6 +15,7 @@ import torch
 
 from scamort import inference, io
 from scamort.data import CellData, Modality, Registry, build_registry, encode_cells
+from scamort.data.backed import BackedCellData, is_backed
 from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
 from scamort.errors import InputError
 from scamort.module import VAE, ModuleConfig
@@ -150,9 +151,14 @@ class Model:
             "modalities": {name: asdict(m) for name, m in modalities.items()},
             "modality_dropout": modality_dropout,
         }
-        read = read_modalities(adata, modalities)
+        if is_backed(adata):  # out of core: counts are validated chunk by chunk in encode_cells
+            read = None
+            features = {name: list(map(str, adata.var_names)) for name in modalities}
+        else:
+            read = read_modalities(adata, modalities)
+            features = {name: read[name].feature_names for name in modalities}
         registry = build_registry(
-            {name: (m, read[name].feature_names) for name, m in modalities.items()},
+            {name: (m, features[name]) for name, m in modalities.items()},
             adata,
             batch_key=batch_key,
             labels_key=labels_key,
@@ -172,7 +178,7 @@ class Model:
         self.adata = adata
         self.registry = registry
         self.init_params = init_params
-        self._data: CellData = encode_cells(adata, registry, read)
+        self._data: CellData | BackedCellData = encode_cells(adata, registry, read)
         config = ModuleConfig(
             modalities=tuple((m.name, m.n_features, m.modality.likelihood) for m in registry.modalities),
             n_latent=init_params["n_latent"],
@@ -217,6 +223,8 @@ class Model:
         progress_bar: bool = True,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 1,
+        lr_scaling: str = "sqrt",
+        max_seconds: float | None = None,
     ) -> pd.DataFrame:
         """Fit the model by minibatch stochastic variational inference.
 
@@ -227,7 +235,7 @@ class Model:
         batch_size
             Cells per gradient step.
         lr, weight_decay
-            AdamW learning rate and weight decay.
+            AdamW learning rate (for batches of 128 cells, see ``lr_scaling``) and weight decay.
         train_size
             Fraction of cells trained on; the rest forms the validation split.
         early_stopping, early_stopping_patience
@@ -245,6 +253,13 @@ class Model:
             after the process was killed) resumes from it; on CPU the result is identical to an
             uninterrupted run.
 
+        lr_scaling
+            How the learning rate follows the batch size: ``"sqrt"`` uses ``lr * sqrt(batch_size / 128)``
+            (keeps convergence per epoch close when batches grow, for GPU-sized batches), ``"none"``
+            uses ``lr`` as given.
+        max_seconds
+            Wall-clock budget: stop after the first epoch that ends past it.
+
         Returns
         -------
         The training history (also ``self.history``): per epoch ``kl_weight``, ``train_loss``,
@@ -253,10 +268,14 @@ class Model:
         ``train_size == 1``) and ``seconds``.
         """
         max_epochs = default_max_epochs(self._data.n_cells) if max_epochs is None else max_epochs
+        _check_choice(lr_scaling, ("sqrt", "none"), "lr_scaling")
+        if lr_scaling == "sqrt":
+            lr = lr * (batch_size / 128) ** 0.5
         config = TrainConfig(
             max_epochs=max_epochs,
             batch_size=batch_size,
             lr=lr,
+            max_seconds=max_seconds,
             weight_decay=weight_decay,
             train_size=train_size,
             early_stopping=early_stopping,

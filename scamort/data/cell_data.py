@@ -48,8 +48,9 @@ class ModalityTensors:
         counts.sum_duplicates()
         values = counts.data.astype(np.float32)
         row_of_entry = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-        log_factorial = np.zeros(counts.shape[0])
-        np.add.at(log_factorial, row_of_entry, _lgamma_plus_one(values.astype(np.float64)))
+        log_factorial = np.bincount(
+            row_of_entry, weights=_lgamma_plus_one(values.astype(np.float64)), minlength=counts.shape[0]
+        )
         library = np.asarray(counts.sum(axis=1)).ravel()
         return cls(
             indptr=torch.as_tensor(counts.indptr.astype(np.int64)),
@@ -217,6 +218,10 @@ class CellData:
             categorical=self.categorical[start:stop],
             continuous=self.continuous[start:stop],
         )
+
+    def epoch_order(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``index`` in a random order (one training epoch)."""
+        return index[torch.randperm(index.shape[0], generator=generator, device=generator.device)]
 
     def minibatch(self, index: torch.Tensor) -> Minibatch:
         """Cells at positions ``index`` (shape ``(batch,)``, on this data's device)."""

@@ -7,6 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scamort.data.backed import BackedCellData, check_backed_counts, is_backed
 from scamort.data.cell_data import CellData, ModalityTensors
 from scamort.data.reading import align_features
 from scamort.data.registry import Registry, category_codes
@@ -35,13 +36,19 @@ def refuse_empty_cells(
 
 def encode_cells(
     data: ad.AnnData, registry: Registry, read: dict[str, ModalityCounts] | None = None
-) -> CellData:
+) -> CellData | BackedCellData:
     """Validate ``data`` (AnnData or MuData) against the registry and copy it into tensors (CPU).
 
     Features are aligned by name to the model's order; unseen categories, missing features or keys
     raise :class:`InputError`. ``data`` is only read. ``read`` passes counts already read by
-    :func:`read_modalities` (so the constructor reads the data once).
+    :func:`read_modalities` (so the constructor reads the data once). A backed AnnData (``.X`` on disk)
+    is validated chunk by chunk and wrapped as :class:`BackedCellData`; its counts are never all in
+    memory.
     """
+    if is_backed(data):
+        _refuse_unaligned_backed(data, registry)
+        check_backed_counts(data)
+        return BackedCellData.create(data, registry, _to_cell_data(data, registry, {}, {}))
     if read is None:
         read = read_modalities(data, {m.name: m.modality for m in registry.modalities})
     counts: dict[str, sp.csr_matrix] = {}
@@ -57,6 +64,15 @@ def encode_cells(
         present[entry.name] = source.present
     refuse_empty_cells(counts, present, data)
     return _to_cell_data(data, registry, counts, present)
+
+
+def _refuse_unaligned_backed(data: ad.AnnData, registry: Registry) -> None:
+    expected = registry.modalities[0].feature_names
+    if list(map(str, data.var_names)) != list(expected):
+        raise InputError(
+            "A backed AnnData must have exactly the model's genes in the model's order; subset it in "
+            "memory (adata[:, genes].to_memory()) or write it in that order."
+        )
 
 
 def _to_cell_data(

@@ -59,6 +59,8 @@ class TrainConfig:
         Seeds the split, the shuffling, dropout and the reparameterisation noise.
     validation_batch_size
         Cells per forward pass when evaluating the validation split.
+    max_seconds
+        Stop after the first epoch that ends past this wall-clock budget (None: no budget).
     """
 
     max_epochs: int
@@ -71,6 +73,7 @@ class TrainConfig:
     kl_warmup_epochs: int = 0
     seed: int = 0
     validation_batch_size: int = 2048
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,6 +84,7 @@ class TrainConfig:
             (0 < self.train_size <= 1, f"train_size must be in (0, 1], got {self.train_size}."),
             (self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0."),
             (self.early_stopping_patience >= 1, "early_stopping_patience must be >= 1."),
+            (self.max_seconds is None or self.max_seconds > 0, "max_seconds must be positive."),
         ]
         for ok, message in checks:
             if not ok:

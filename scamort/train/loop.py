@@ -192,11 +192,12 @@ def fit(
         initial=progress.epoch,
         total=config.max_epochs,
     )
+    run_started = time.perf_counter()
     for epoch in epochs:
         started = time.perf_counter()
         last_good = copy.deepcopy(module.state_dict())
         totals = _Totals(device)
-        order = train_index[torch.randperm(len(train_np), generator=generator, device=device)]
+        order = data.epoch_order(train_index, generator)
         for batch in data.iterate(shard(order, rank, world_size), config.batch_size):
             kl_weight = min(1.0, progress.step / warmup_steps) if warmup_steps else 1.0
             terms = trainer(batch)
@@ -245,6 +246,9 @@ def fit(
             )
         if stop:
             logger.info("early stopping at epoch %d", epoch + 1)
+            break
+        if config.max_seconds is not None and time.perf_counter() - run_started > config.max_seconds:
+            logger.info("time budget of %.0f s reached at epoch %d", config.max_seconds, epoch + 1)
             break
     if progress.best_state is not None:
         module.load_state_dict(progress.best_state)

@@ -1,0 +1,269 @@
+"""Speed and scale on CPU: scamort vs scvi-tools' SCVI on 20k cells, a batch-size sweep, 1M cells in
+memory, and out-of-core training from backed ``.h5ad`` files of two sizes.
+
+Each case runs in its own fresh subprocess, one after another (never two torch processes at once), so
+that its peak resident memory is its own. Data are grown from the bundled worm neurons (2000 HVGs) by
+bootstrapping cells with binomial thinning (:mod:`scamort.scale`).
+
+    python benchmarks/scale_cpu.py                 # everything (about 20-30 minutes on 2 cores)
+    python benchmarks/scale_cpu.py --quick         # a smoke run
+    python benchmarks/scale_cpu.py --cases scamort_b128 scvi_b128
+
+Writes ``benchmarks/results/scale_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    environment_info,
+    heldout_split,
+    load_worm_neurons,
+    peak_rss_mb,
+    reset_peak_rss,
+    select_hvg_counts,
+    write_json,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SWEEP = (128, 256, 512, 1024, 2048, 4096)
+
+
+def _grown(n_cells: int, seed: int = 1):
+    from scamort.scale import grow
+
+    return grow(select_hvg_counts(load_worm_neurons()), n_cells, seed=seed)
+
+
+def _split(adata):
+    train, held_out = heldout_split(adata.n_obs, 0.1, seed=0)
+    return adata[train].copy(), adata[held_out].copy()
+
+
+def case_scamort(n_cells: int, batch_size: int, epochs: int, max_seconds: float | None) -> dict[str, Any]:
+    """Train scamort on grown data; held-out ELBO after the epochs (or the time budget)."""
+    import scamort
+
+    train, held_out = _split(_grown(n_cells))
+    reset_peak_rss()
+    model = scamort.Model(train)
+    started = time.perf_counter()
+    history = model.train(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        early_stopping=False,
+        progress_bar=False,
+        max_seconds=max_seconds,
+    )
+    seconds = time.perf_counter() - started
+    n_train = len(model.train_indices)
+    return {
+        "tool": "scamort",
+        "batch_size": batch_size,
+        "epochs_run": len(history),
+        "train_seconds": seconds,
+        "seconds_per_epoch": float(np.median(history["seconds"])),
+        "cells_per_second": n_train / float(np.median(history["seconds"])),
+        "heldout_elbo": model.get_elbo(held_out),
+        "peak_rss_mb": peak_rss_mb(),
+        "n_cells": n_cells,
+    }
+
+
+def case_scvi(n_cells: int, batch_size: int, epochs: int, max_seconds: float | None) -> dict[str, Any]:
+    """Train scvi-tools' SCVI (defaults, same architecture) on the same grown data."""
+    import scvi
+
+    train, held_out = _split(_grown(n_cells))
+    reset_peak_rss()
+    scvi.settings.seed = 0
+    scvi.model.SCVI.setup_anndata(train)
+    model = scvi.model.SCVI(train, n_latent=10, n_hidden=128, n_layers=1, gene_likelihood="nb")
+    extra = {} if max_seconds is None else {"max_time": {"seconds": max_seconds}}
+    started = time.perf_counter()
+    model.train(max_epochs=epochs, batch_size=batch_size, enable_progress_bar=False, **extra)
+    seconds = time.perf_counter() - started
+    epochs_run = len(model.history["elbo_train"])
+    n_train = round(0.9 * train.n_obs)
+    return {
+        "tool": "scvi-tools",
+        "batch_size": batch_size,
+        "epochs_run": epochs_run,
+        "train_seconds": seconds,
+        "seconds_per_epoch": seconds / epochs_run,
+        "cells_per_second": n_train * epochs_run / seconds,
+        "heldout_elbo": float(model.get_elbo(held_out)),  # scvi-tools 1.4.2 returns the ELBO itself
+        "peak_rss_mb": peak_rss_mb(),
+        "n_cells": n_cells,
+    }
+
+
+def case_million(n_cells: int, batch_size: int, epochs: int) -> dict[str, Any]:
+    """1M cells in memory: a few epochs, peak host memory (the dense matrix would be 8 GB)."""
+    import scamort
+
+    adata = _grown(n_cells)
+    nnz = adata.X.nnz
+    reset_peak_rss()
+    model = scamort.Model(adata)
+    history = model.train(max_epochs=epochs, batch_size=batch_size, early_stopping=False, progress_bar=False)
+    return {
+        "tool": "scamort",
+        "n_cells": n_cells,
+        "nnz": nnz,
+        "batch_size": batch_size,
+        "epochs_run": len(history),
+        "seconds_per_epoch": float(np.median(history["seconds"])),
+        "cells_per_second": len(model.train_indices) / float(np.median(history["seconds"])),
+        "validation_elbo_per_epoch": history["validation_elbo"].tolist(),
+        "peak_rss_mb": peak_rss_mb(),
+        "dense_matrix_would_be_mb": n_cells * adata.n_vars * 4 / 2**20,
+    }
+
+
+def case_backed(path: str, batch_size: int, epochs: int) -> dict[str, Any]:
+    """Out of core: train from a backed .h5ad; peak host memory."""
+    import anndata as ad
+
+    import scamort
+
+    reset_peak_rss()
+    adata = ad.read_h5ad(path, backed="r")
+    model = scamort.Model(adata)
+    history = model.train(max_epochs=epochs, batch_size=batch_size, early_stopping=False, progress_bar=False)
+    return {
+        "tool": "scamort (backed)",
+        "n_cells": adata.n_obs,
+        "file_mb": Path(path).stat().st_size / 2**20,
+        "batch_size": batch_size,
+        "epochs_run": len(history),
+        "seconds_per_epoch": float(np.median(history["seconds"])),
+        "cells_per_second": len(model.train_indices) / float(np.median(history["seconds"])),
+        "validation_elbo_per_epoch": history["validation_elbo"].tolist(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _cases(quick: bool, workdir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    n20k = 4000 if quick else 20_000
+    epochs = 2 if quick else 10
+    budget = 10.0 if quick else 60.0
+    cases: dict[str, tuple[str, dict[str, Any]]] = {
+        "scvi_b128": ("scvi", {"n_cells": n20k, "batch_size": 128, "epochs": epochs, "max_seconds": None}),
+        "scvi_budget": ("scvi", {"n_cells": n20k, "batch_size": 128, "epochs": 1000, "max_seconds": budget}),
+    }
+    for batch in SWEEP[:2] if quick else SWEEP:
+        cases[f"scamort_b{batch}"] = (
+            "scamort",
+            {"n_cells": n20k, "batch_size": batch, "epochs": epochs, "max_seconds": None},
+        )
+    cases["scamort_budget"] = (
+        "scamort",
+        {"n_cells": n20k, "batch_size": 128, "epochs": 1000, "max_seconds": budget},
+    )
+    million = 50_000 if quick else 1_000_000
+    cases["scamort_1M_memory"] = ("million", {"n_cells": million, "batch_size": 1024, "epochs": 2})
+    for n in (million // 5, million):
+        cases[f"scamort_backed_{n}"] = (
+            "backed",
+            {"path": str(workdir / f"grown_{n}.h5ad"), "batch_size": 1024, "epochs": 1},
+        )
+    return cases
+
+
+def _run_case(kind: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    functions = {"scamort": case_scamort, "scvi": case_scvi, "million": case_million, "backed": case_backed}
+    return functions[kind](**kwargs)
+
+
+def _prepare_backed(cases: dict[str, tuple[str, dict[str, Any]]]) -> None:
+    from scamort.scale import grow_to_h5ad
+
+    source = select_hvg_counts(load_worm_neurons())
+    for kind, kwargs in cases.values():
+        path = Path(kwargs.get("path", ""))
+        if kind == "backed" and not path.exists():
+            n_cells = int(path.stem.split("_")[1])
+            grow_to_h5ad(source, n_cells, path, seed=2, chunk_size=65_536)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, few epochs")
+    parser.add_argument("--cases", nargs="*", help="run only these cases")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    parser.add_argument("--kwargs", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(_run_case(args.case, json.loads(args.kwargs))))
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="scamort_scale_"))
+    cases = _cases(args.quick, workdir)
+    if args.cases:
+        cases = {k: v for k, v in cases.items() if k in args.cases}
+    _prepare_backed(cases)
+    results: dict[str, Any] = {}
+    for name, (kind, kwargs) in cases.items():
+        print(f"running {name} ...", flush=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--case", kind, "--kwargs", json.dumps(kwargs)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            results[name] = {"error": done.stderr[-2000:]}
+            print(done.stderr[-2000:], flush=True)
+            continue
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  {results[name]}", flush=True)
+    summary = _summary(results)
+    out = args.out or RESULTS / ("scale_cpu_quick.json" if args.quick else "scale_cpu.json")
+    write_json(out, {"environment": environment_info(), "cases": results, "summary": summary})
+    print(json.dumps(summary, indent=1))
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Ratios and the batch-size rule: the largest batch within 0.5% of batch 128's held-out ELBO."""
+    summary: dict[str, Any] = {}
+    ours, theirs = results.get("scamort_b128", {}), results.get("scvi_b128", {})
+    if "cells_per_second" in ours and "cells_per_second" in theirs:
+        summary["throughput_ratio_b128"] = ours["cells_per_second"] / theirs["cells_per_second"]
+        summary["seconds_per_epoch_ratio_scvi_over_scamort"] = (
+            theirs["seconds_per_epoch"] / ours["seconds_per_epoch"]
+        )
+        summary["heldout_elbo_b128"] = {"scamort": ours["heldout_elbo"], "scvi": theirs["heldout_elbo"]}
+    if "heldout_elbo" in ours:
+        reference = ours["heldout_elbo"]
+        within = [
+            results[f"scamort_b{b}"]
+            for b in SWEEP
+            if "heldout_elbo" in results.get(f"scamort_b{b}", {})
+            and results[f"scamort_b{b}"]["heldout_elbo"] >= reference - 0.005 * abs(reference)
+        ]
+        if within:
+            best = max(within, key=lambda r: r["batch_size"])
+            summary["largest_batch_within_0.5pct"] = best["batch_size"]
+            summary["cells_per_second_at_that_batch"] = best["cells_per_second"]
+    budget = {k: results[k]["heldout_elbo"] for k in ("scamort_budget", "scvi_budget") if k in results}
+    if budget:
+        summary["heldout_elbo_after_time_budget"] = budget
+    return summary
+
+
+if __name__ == "__main__":
+    main()

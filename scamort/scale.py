@@ -1,0 +1,129 @@
+"""Growing a real dataset to any size, in memory or straight to a ``.h5ad`` on disk.
+
+Cells are bootstrapped from a real count matrix and each copy is binomially thinned (every count kept
+with a per-cell probability drawn from ``thinning``), so new cells have the real cells' expression
+programmes with new library sizes and sampling noise. Labels and other ``.obs`` columns follow their
+source cell, so known cell types still separate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+__all__ = ["grow", "grow_to_h5ad"]
+
+
+def _grown_chunks(
+    counts: sp.csr_matrix,
+    n_cells: int,
+    thinning: tuple[float, float],
+    seed: int,
+    chunk_size: int,
+) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_cells, chunk_size):
+        size = min(chunk_size, n_cells - start)
+        source = rng.integers(counts.shape[0], size=size)
+        block = counts[source]
+        keep = rng.uniform(*thinning, size=size)
+        block.data = rng.binomial(block.data.astype(np.int64), np.repeat(keep, np.diff(block.indptr)))
+        block.data = block.data.astype(np.float32)
+        block.eliminate_zeros()
+        empty = np.diff(block.indptr) == 0
+        block = block.tolil() if empty.any() else block
+        if empty.any():  # a thinned-away cell keeps one count of its source's top gene
+            for row in np.flatnonzero(empty):
+                block[row, counts[source[row]].indices[np.argmax(counts[source[row]].data)]] = 1
+        block = sp.csr_matrix(block)
+        block.eliminate_zeros()
+        yield source, block
+
+
+def _source_counts(adata: ad.AnnData, layer: str | None) -> sp.csr_matrix:
+    counts = sp.csr_matrix(adata.X if layer is None else adata.layers[layer], dtype=np.float32)
+    keep = np.diff(counts.indptr) > 0
+    if not keep.all():
+        raise ValueError("grow() needs source cells with at least one count; filter empty cells first.")
+    return counts
+
+
+def grow(
+    adata: ad.AnnData,
+    n_cells: int,
+    *,
+    layer: str | None = None,
+    thinning: tuple[float, float] = (0.5, 1.0),
+    seed: int = 0,
+    chunk_size: int = 65_536,
+) -> ad.AnnData:
+    """A new AnnData of ``n_cells`` cells bootstrapped from ``adata`` with binomial thinning.
+
+    Parameters
+    ----------
+    adata
+        Real cells × genes raw counts (``.X`` or ``layer``); its ``.obs`` columns are carried along.
+    n_cells
+        Cells to generate.
+    thinning
+        Range of the per-cell probability of keeping each count.
+    seed
+        Random seed.
+    chunk_size
+        Cells generated at a time (bounds the working memory).
+
+    Returns
+    -------
+    AnnData with CSR float32 counts in ``.X`` and ``obs["source_cell"]`` naming each cell's source.
+    """
+    counts = _source_counts(adata, layer)
+    sources, blocks = [], []
+    for source, block in _grown_chunks(counts, n_cells, thinning, seed, chunk_size):
+        sources.append(source)
+        blocks.append(block)
+    source = np.concatenate(sources)
+    obs = adata.obs.iloc[source].reset_index(drop=True)
+    obs.index = [f"cell{i}" for i in range(n_cells)]
+    obs["source_cell"] = np.asarray(adata.obs_names)[source]
+    return ad.AnnData(X=sp.vstack(blocks).tocsr(), obs=obs, var=pd.DataFrame(index=adata.var_names))
+
+
+def grow_to_h5ad(
+    adata: ad.AnnData,
+    n_cells: int,
+    path: str | Path,
+    *,
+    layer: str | None = None,
+    thinning: tuple[float, float] = (0.5, 1.0),
+    seed: int = 0,
+    chunk_size: int = 65_536,
+) -> Path:
+    """Like :func:`grow`, but appended chunk by chunk to a ``.h5ad`` file (memory stays bounded).
+
+    Open the result with ``anndata.read_h5ad(path, backed="r")`` to train out of core.
+    """
+    path = Path(path)
+    counts = _source_counts(adata, layer)
+    sources = []
+    chunks = _grown_chunks(counts, n_cells, thinning, seed, chunk_size)
+    first_source, first = next(chunks)
+    sources.append(first_source)
+    ad.AnnData(X=first, var=pd.DataFrame(index=adata.var_names)).write_h5ad(path)
+    with h5py.File(path, "a") as handle:
+        matrix = ad.io.sparse_dataset(handle["X"])
+        for source, block in chunks:
+            matrix.append(block)
+            sources.append(source)
+        source = np.concatenate(sources)
+        obs = adata.obs.iloc[source].reset_index(drop=True)
+        obs.index = [f"cell{i}" for i in range(n_cells)]
+        obs["source_cell"] = np.asarray(adata.obs_names)[source]
+        del handle["obs"]
+        ad.io.write_elem(handle, "obs", obs)
+    return path
