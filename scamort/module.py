@@ -109,7 +109,8 @@ class LossTerms:
     @property
     def total_reconstruction(self) -> torch.Tensor:
         """Sum of the modalities' reconstruction terms, shape ``(batch,)``."""
-        return torch.stack(list(self.reconstruction.values())).sum(0)
+        terms = list(self.reconstruction.values())
+        return terms[0] if len(terms) == 1 else torch.stack(terms).sum(0)
 
     def elbo(self, kl_weight: float = 1.0) -> torch.Tensor:
         """Per-cell (weighted) ELBO, shape ``(batch,)``."""

@@ -54,7 +54,8 @@ class GaussianEncoder(nn.Module):
             per_sample_weights=torch.log1p(counts.values),
         )
         h = self.input_activation(h + self.input_bias)
-        no_covariates = h.new_zeros(h.shape[0], 0)
-        h = self.body(h, no_covariates.long(), no_covariates)
+        if len(self.body.layers):
+            no_covariates = h.new_zeros(h.shape[0], 0)
+            h = self.body(h, no_covariates.long(), no_covariates)
         mean, log_variance = self.head(h).chunk(2, dim=-1)
         return mean, log_variance.clamp(*LOG_VARIANCE_RANGE)

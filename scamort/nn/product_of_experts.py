@@ -34,6 +34,9 @@ def product_of_experts(
         the prior, N(0, I).
     """
     precision = torch.exp(-log_variance.clamp(min=MIN_LOG_VARIANCE)) * mask.unsqueeze(-1).to(mean.dtype)
+    if mean.shape[0] == 1:  # one expert and the prior: the same formulas, fewer kernels
+        precision = precision[0]
+        return precision * mean[0] / (1 + precision), -torch.log1p(precision)
     total_precision = 1 + precision.sum(0)
     joint_mean = (precision * mean).sum(0) / total_precision
     return joint_mean, -torch.log(total_precision)
