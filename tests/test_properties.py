@@ -732,8 +732,9 @@ def test_layers_and_obsm_keys_that_do_not_exist_are_refused(
 @fuzz(8)
 @given(counts=count_matrices(max_cells=7))
 def test_dense_csr_csc_and_every_dtype_give_the_same_model_input(counts: np.ndarray) -> None:
-    """Dense / CSR / CSC × int32 / int64 / float32 / float64, in X or a layer: all accepted, all encoded to
-    exactly the same tensors (so training with one seed is identical, see the next test)."""
+    """Dense / CSR / CSC × int32 / int64 / float32 / float64 (and dense float16), in X or a layer: all
+    accepted, all encoded to exactly the same tensors (so training with one seed is identical, see the
+    next test)."""
     _count()
     reference = scamort.Model(make_adata(counts), batch_key="batch", **SMALL)
     for storage in STORAGES:
@@ -744,6 +745,10 @@ def test_dense_csr_csc_and_every_dtype_give_the_same_model_input(counts: np.ndar
                 model = scamort.Model(adata, layer="counts" if layer else None, batch_key="batch", **SMALL)
                 assert_same_encoding(model, reference)
                 assert_unchanged(adata, before)
+    adata = make_adata(counts, storage="dense", dtype="float16")  # exact for counts < 2048; dense only
+    before = snapshot(adata)
+    assert_same_encoding(scamort.Model(adata, batch_key="batch", **SMALL), reference)
+    assert_unchanged(adata, before)
 
 
 def _backed(adata: ad.AnnData, path: Path) -> ad.AnnData:

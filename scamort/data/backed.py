@@ -36,18 +36,22 @@ def _row_blocks(n_rows: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, n_rows)
 
 
-def check_backed_counts(adata: ad.AnnData, chunk_size: int = 16_384) -> list[str]:
+def check_backed_counts(adata: ad.AnnData, chunk_size: int = 16_384, binary: bool = False) -> list[str]:
     """Validate a backed ``.X`` chunk by chunk (never all rows at once); return the feature names.
 
     Raises :class:`InputError` for non-integer, negative or non-finite counts and for empty cells.
     """
     features = list(map(str, adata.var_names))
+    if adata.n_obs == 0 or not features:
+        raise InputError(
+            f"adata.X (backed) is empty ({adata.n_obs} cells × {len(features)} features); nothing to model."
+        )
     n_empty, example = 0, None
     for start, stop in _row_blocks(adata.n_obs, chunk_size):
         block = sp.csr_matrix(adata.X[start:stop])
         cells = adata.obs_names[start:stop]
-        check_counts(block, where="adata.X (backed)", cells=cells, features=features)
-        empty = np.flatnonzero(np.diff(block.indptr) == 0)
+        check_counts(block, where="adata.X (backed)", cells=cells, features=features, binary=binary)
+        empty = np.flatnonzero(np.asarray(block.sum(axis=1)).ravel() == 0)
         if empty.size and example is None:
             example = cells[empty[0]]
         n_empty += empty.size
@@ -85,15 +89,23 @@ class BackedCellData:
     pool_chunks: int = 4
     target_device: torch.device = CPU
 
-    @classmethod
-    def create(cls, adata: ad.AnnData, registry: Registry, covariates: CellData) -> BackedCellData:
-        """Wrap ``adata`` after its counts were validated (see :func:`check_backed_counts`)."""
+    binarize: bool = False
+
+    @staticmethod
+    def check_registry(registry: Registry) -> None:
+        """Refuse layouts the out-of-core path cannot read (before any counts are read)."""
         if len(registry.modalities) != 1 or registry.modalities[0].modality.source != "X":
             raise InputError(
                 "Backed (out-of-core) AnnData works with a single modality read from .X; load the data "
                 "into memory (adata.to_memory()) for layers, obsm or several modalities."
             )
-        return cls(adata, covariates, registry.modalities[0].name)
+
+    @classmethod
+    def create(cls, adata: ad.AnnData, registry: Registry, covariates: CellData) -> BackedCellData:
+        """Wrap ``adata`` after its counts were validated (see :func:`check_backed_counts`)."""
+        cls.check_registry(registry)
+        entry = registry.modalities[0]
+        return cls(adata, covariates, entry.name, binarize=entry.modality.binarize)
 
     @property
     def n_cells(self) -> int:
@@ -121,6 +133,7 @@ class BackedCellData:
             self.chunk_size,
             self.pool_chunks,
             torch.device(device),
+            self.binarize,
         )
 
     def epoch_order(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -145,6 +158,9 @@ class BackedCellData:
             wanted = unique[(unique >= first + start) & (unique < first + stop)] - first - start
             parts.append(block[wanted])
         counts = sp.vstack(parts).tocsr()[np.searchsorted(unique, rows)]
+        if self.binarize:
+            counts.data = (counts.data > 0).astype(np.float32)
+            counts.eliminate_zeros()
         positions = torch.as_tensor(rows, device=self.device)
         tensors = ModalityTensors.from_csr(counts, np.ones(len(rows), dtype=bool)).to(self.device)
         return CellData(

@@ -44,7 +44,7 @@ class ModalityTensors:
     @classmethod
     def from_csr(cls, counts: sp.csr_matrix, present: np.ndarray) -> ModalityTensors:
         """Copy a validated CSR matrix ``(n_cells, n_features)`` into tensors."""
-        counts = sp.csr_matrix(counts)
+        counts = sp.csr_matrix(counts, copy=True)
         counts.sum_duplicates()
         values = counts.data.astype(np.float32)
         row_of_entry = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))

@@ -24,7 +24,7 @@ def refuse_empty_cells(
     """Refuse cells whose every measured modality has zero total counts."""
     has_counts = np.zeros(cells.n_obs, dtype=bool)
     for name, matrix in counts.items():
-        has_counts |= present[name] & (np.diff(matrix.indptr) > 0)
+        has_counts |= present[name] & (np.asarray(matrix.sum(axis=1)).ravel() > 0)
     n_empty = int(np.count_nonzero(~has_counts))
     if n_empty:
         example = cells.obs_names[np.flatnonzero(~has_counts)[0]]
@@ -46,8 +46,10 @@ def encode_cells(
     memory.
     """
     if is_backed(data):
+        BackedCellData.check_registry(registry)
         _refuse_unaligned_backed(data, registry)
-        check_backed_counts(data)
+        modality = registry.modalities[0].modality
+        check_backed_counts(data, binary=modality.likelihood == "bernoulli" and not modality.binarize)
         return BackedCellData.create(data, registry, _to_cell_data(data, registry, {}, {}))
     if read is None:
         read = read_modalities(data, {m.name: m.modality for m in registry.modalities})

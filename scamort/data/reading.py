@@ -23,28 +23,38 @@ except ImportError:  # pragma: no cover - older anndata
 BackedSparse = (CSRDataset, CSCDataset)
 
 
-def _describe(modality: Modality) -> str:
+def _describe(modality: Modality, container: str = "adata") -> str:
     if modality.obsm_key is not None:
-        return f"adata.obsm[{modality.obsm_key!r}]"
-    return "adata.X" if modality.layer is None else f"adata.layers[{modality.layer!r}]"
+        return f"{container}.obsm[{modality.obsm_key!r}]"
+    return f"{container}.X" if modality.layer is None else f"{container}.layers[{modality.layer!r}]"
 
 
 def _as_csr(matrix: object) -> sp.csr_matrix:
+    """A private, canonical CSR copy in the user's dtype (never shares memory with the user's object)."""
     if isinstance(matrix, pd.DataFrame):
         matrix = matrix.to_numpy()
     if isinstance(matrix, BackedSparse):
         matrix = matrix.to_memory()
     if sp.issparse(matrix):
-        return sp.csr_matrix(matrix, dtype=np.float32)
-    array = np.asarray(matrix)
-    if array.ndim != 2:
-        raise InputError(f"Expected a 2-d count matrix, got an array of shape {array.shape}.")
-    if not np.issubdtype(array.dtype, np.number):
-        raise InputError(f"Counts must be numeric; got dtype {array.dtype}.")
-    return sp.csr_matrix(array.astype(np.float32, copy=False))
+        dtype = matrix.dtype
+    else:
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2:
+            raise InputError(f"Expected a 2-d count matrix, got an array of shape {matrix.shape}.")
+        if matrix.dtype == np.float16:  # scipy.sparse has no float16; float32 holds it exactly
+            matrix = matrix.astype(np.float32)
+        dtype = matrix.dtype
+    if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(f"Counts must be numeric; got dtype {dtype}.")
+    csr = sp.csr_matrix(matrix, copy=True)
+    csr.sum_duplicates()
+    csr.eliminate_zeros()
+    return csr
 
 
-def read_counts(adata: ad.AnnData, modality: Modality, name: str) -> tuple[sp.csr_matrix, list[str], str]:
+def read_counts(
+    adata: ad.AnnData, modality: Modality, name: str, container: str = "adata"
+) -> tuple[sp.csr_matrix, list[str], str]:
     """Return the validated counts of one modality.
 
     Returns
@@ -56,7 +66,7 @@ def read_counts(adata: ad.AnnData, modality: Modality, name: str) -> tuple[sp.cs
     where
         A readable name of the source, for error messages.
     """
-    where = _describe(modality)
+    where = _describe(modality, container)
     if modality.obsm_key is not None:
         if modality.obsm_key not in adata.obsm:
             available = ", ".join(map(repr, adata.obsm.keys())) or "none"
@@ -91,7 +101,7 @@ def read_counts(adata: ad.AnnData, modality: Modality, name: str) -> tuple[sp.cs
         features=names,
         binary=modality.likelihood == "bernoulli" and not modality.binarize,
     )
-    return counts, names, where
+    return counts.astype(np.float32), names, where
 
 
 def align_features(
@@ -100,6 +110,13 @@ def align_features(
     """Reorder (and subset) columns so they follow ``expected``; refuse if any are missing."""
     if list(names) == list(expected):
         return counts
+    index = pd.Index(names)
+    if not index.is_unique:
+        repeated = index[index.duplicated()].unique()
+        raise InputError(
+            f"{where} has duplicated feature names (e.g. {', '.join(map(repr, repeated[:3]))}); make them "
+            "unique first (e.g. adata.var_names_make_unique())."
+        )
     positions = pd.Index(names).get_indexer(pd.Index(expected))
     missing = [expected[i] for i in np.flatnonzero(positions < 0)]
     if missing:

@@ -76,12 +76,18 @@ def read_modalities(data: ad.AnnData, modalities: Mapping[str, Modality]) -> dic
         For unknown modality names, unreadable counts, or cells that have no modality at all.
     """
     out: dict[str, ModalityCounts] = {}
+    if is_mudata(data) and not data.obs_names.is_unique:
+        repeated = data.obs_names[data.obs_names.duplicated()][0]
+        raise InputError(
+            f"The MuData has duplicated cell names (e.g. {repeated!r}); its modalities are paired by name, "
+            "so make them unique first (e.g. mdata.obs_names_make_unique())."
+        )
     for name, modality in modalities.items():
         if is_mudata(data):
             if name not in data.mod:
                 raise InputError(f"Modality {name!r} is not in the MuData (it has {', '.join(data.mod)}).")
             member = data.mod[name]
-            counts, features, where = read_counts(member, modality, name)
+            counts, features, where = read_counts(member, modality, name, container=f"mdata.mod[{name!r}]")
             rows = data.obs_names.get_indexer(member.obs_names)
             if (rows < 0).any():
                 raise InputError(
@@ -90,7 +96,6 @@ def read_modalities(data: ad.AnnData, modalities: Mapping[str, Modality]) -> dic
             counts = _expand_rows(counts, rows, data.n_obs)
             present = np.zeros(data.n_obs, dtype=bool)
             present[rows] = True
-            where = f"mdata.mod[{name!r}]: {where}"
             obs = data.obs
         else:
             counts, features, where = read_counts(data, modality, name)
