@@ -29,7 +29,8 @@ PROG = "scamort"
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
+OUTPUT_SUFFIXES = (".h5ad", ".h5mu", ".csv", ".parquet")
+INPUT_SUFFIXES = (".h5ad", ".h5mu")
 LIKELIHOODS = ("nb", "zinb", "poisson")
 
 DESCRIPTION = """\
@@ -163,7 +164,9 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         epilog=FIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fit.add_argument("input", type=Path, metavar="INPUT", help="an .h5ad file of raw counts")
+    fit.add_argument(
+        "input", type=Path, metavar="INPUT", help="an .h5ad (or .h5mu MuData) file of raw counts"
+    )
     _add_output_arguments(fit)
     fit.add_argument("--layer", metavar="L", help="layer holding the counts (default: .X)")
     fit.add_argument("--batch-key", metavar="K", help=".obs column with the batch of each cell")
@@ -176,6 +179,16 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         help="latent dimensions (default: 10)",
     )
     fit.add_argument("--likelihood", choices=LIKELIHOODS, default="nb", help="count likelihood (default: nb)")
+    fit.add_argument(
+        "--modality",
+        action="append",
+        type=_modality,
+        metavar="SPEC",
+        help="model several modalities, one option each: NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize] "
+        "(e.g. rna=nb prot=nb,obsm=protein_expression atac=bernoulli,binarize); with an .h5mu input the "
+        "NAMEs are its modalities",
+    )
+    fit.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     fit.add_argument("--model-dir", type=Path, metavar="DIR", help="also save the trained model here")
     fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     fit.add_argument("--no-progress", action="store_true", help="hide the training progress bar")
@@ -196,7 +209,7 @@ def _add_embed_parser(commands: argparse._SubParsersAction, common: argparse.Arg
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     embed.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a saved scamort model")
-    embed.add_argument("input", type=Path, metavar="INPUT", help="an .h5ad file of raw counts")
+    embed.add_argument("input", type=Path, metavar="INPUT", help="an .h5ad (or .h5mu) file of raw counts")
     _add_output_arguments(embed)
     embed.set_defaults(handler=_run_embed, base_verbosity=0)
 
@@ -222,6 +235,30 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out (and --model-dir) if they exist"
     )
+
+
+def _modality(text: str) -> tuple[str, object]:
+    """Parse ``NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize]`` into ``(name, scamort.Modality)``."""
+    from scamort.data.modality import Modality
+
+    name, _, rest = text.partition("=")
+    parts = [p for p in rest.split(",") if p]
+    if not name or not parts:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize]")
+    options: dict[str, object] = {"likelihood": parts[0]}
+    keys = {"layer": "layer", "obsm": "obsm_key", "present": "present_key"}
+    for part in parts[1:]:
+        key, _, value = part.partition("=")
+        if key == "binarize" and not value:
+            options["binarize"] = True
+        elif key in keys and value:
+            options[keys[key]] = value
+        else:
+            raise argparse.ArgumentTypeError(f"unknown modality option {part!r} in {text!r}")
+    try:
+        return name, Modality(**options)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -351,6 +388,7 @@ def _run_fit(args: argparse.Namespace) -> None:
     if args.model_dir is not None:
         _check_model_dir_free(args.model_dir, overwrite=args.overwrite)
     adata = _read_h5ad(args.input)
+    _check_output_kind(adata, args.out)
     model = scamort.Model(
         adata,
         layer=args.layer,
@@ -358,8 +396,9 @@ def _run_fit(args: argparse.Namespace) -> None:
         n_latent=args.n_latent,
         likelihood=args.likelihood,
         seed=args.seed,
+        modalities=dict(args.modality) if args.modality else None,
     )
-    history = model.train(max_epochs=args.epochs, progress_bar=not args.no_progress)
+    history = model.train(max_epochs=args.epochs, progress_bar=not args.no_progress, device=args.device)
     logger.info("Trained for %d epochs.", len(history))
     embed(adata, model, key_added=args.key_added)
     _write_result(adata, args.out, key=args.key_added)
@@ -377,19 +416,24 @@ def _run_embed(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"No saved model folder at {args.model_dir}.")
     _check_output(args.out, overwrite=args.overwrite)
     adata = _read_h5ad(args.input)
+    _check_output_kind(adata, args.out)
     model = scamort.Model.load(args.model_dir, adata)
     embed(adata, model, key_added=args.key_added)
     _write_result(adata, args.out, key=args.key_added)
 
 
 def _read_h5ad(path: Path) -> AnnData:
-    """Read an .h5ad file, with a clear error when it is missing."""
+    """Read an .h5ad (or .h5mu) file, with a clear error when it is missing."""
     import anndata
 
     if not path.is_file():
         raise FileNotFoundError(f"Input file {path} does not exist.")
-    if path.suffix.lower() != ".h5ad":
-        raise ValueError(f"Input file {path} is not an .h5ad file.")
+    if path.suffix.lower() not in INPUT_SUFFIXES:
+        raise ValueError(f"Input file {path} is not an .h5ad or .h5mu file.")
+    if path.suffix.lower() == ".h5mu":
+        import mudata
+
+        return mudata.read_h5mu(path)
     adata = anndata.read_h5ad(path)
     logger.info("Read %s: %d cells x %d genes.", path, adata.n_obs, adata.n_vars)
     return adata
@@ -406,6 +450,15 @@ def _check_output(path: Path, *, overwrite: bool) -> None:
         raise FileExistsError(f"Output file {path} exists; pass --overwrite to replace it.")
 
 
+def _check_output_kind(data: object, path: Path) -> None:
+    """A MuData goes to .h5mu (or a table), an AnnData to .h5ad (or a table)."""
+    is_mudata = type(data).__name__ == "MuData"
+    suffix = path.suffix.lower()
+    if (is_mudata and suffix == ".h5ad") or (not is_mudata and suffix == ".h5mu"):
+        wanted = ".h5mu" if is_mudata else ".h5ad"
+        raise ValueError(f"Output file {path} must end in {wanted} (or .csv / .parquet) for this input.")
+
+
 def _check_model_dir_free(path: Path, *, overwrite: bool) -> None:
     """Fail before training when the model folder exists and may not be replaced."""
     if path.exists() and not overwrite:
@@ -416,8 +469,8 @@ def _write_result(adata: AnnData, path: Path, *, key: str) -> None:
     """Write ``adata`` (.h5ad) or only its embedding (.csv / .parquet) to ``path``."""
     from scamort.export import write_embedding
 
-    if path.suffix.lower() == ".h5ad":
-        adata.write_h5ad(path)
+    if path.suffix.lower() in (".h5ad", ".h5mu"):
+        adata.write(path)
     else:
         write_embedding(adata, path, key=key)
     n_cells, n_dims = adata.obsm[key].shape

@@ -1,0 +1,106 @@
+"""The command line with several modalities: CITE-seq in one AnnData, and an unpaired MuData."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scamort.cli import main
+from tests.conftest import make_counts
+
+
+def _cite(path: Path) -> Path:
+    adata = make_counts(n_cells=120, seed=8)
+    protein = make_counts(n_cells=120, n_genes=12, seed=9).X.toarray()
+    adata.obsm["protein"] = protein
+    adata.write_h5ad(path)
+    return path
+
+
+def test_fit_cite_seq_with_protein_in_obsm(tmp_path: Path, capsys) -> None:
+    source = _cite(tmp_path / "cite.h5ad")
+    code = main(
+        [
+            "fit",
+            str(source),
+            "--out",
+            str(tmp_path / "out.h5ad"),
+            "--modality",
+            "rna=nb",
+            "--modality",
+            "prot=nb,obsm=protein",
+            "--epochs",
+            "2",
+            "--no-progress",
+            "--model-dir",
+            str(tmp_path / "model"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obsm["X_scamort"].shape == (120, 10)
+    assert main(["embed", str(tmp_path / "model"), str(source), "--out", str(tmp_path / "again.csv")]) == 0
+
+
+def test_fit_unpaired_mudata(tmp_path: Path, capsys) -> None:
+    rna = make_counts(n_cells=90, seed=8)
+    protein = make_counts(n_cells=90, n_genes=10, seed=9)
+    protein.var_names = [f"prot{i}" for i in range(10)]
+    mdata = md.MuData({"rna": rna[:60].copy(), "prot": protein[30:].copy()})
+    mdata.write(tmp_path / "cells.h5mu")
+    code = main(
+        [
+            "fit",
+            str(tmp_path / "cells.h5mu"),
+            "--out",
+            str(tmp_path / "out.h5mu"),
+            "--modality",
+            "rna=nb",
+            "--modality",
+            "prot=nb",
+            "--epochs",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    written = md.read_h5mu(tmp_path / "out.h5mu")
+    assert written.obsm["X_scamort"].shape == (90, 10)
+    assert np.isfinite(written.obsm["X_scamort"]).all()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("rna", "is not NAME=LIKELIHOOD"),
+        ("rna=gaussian", "Unknown likelihood 'gaussian'"),
+        ("rna=nb,colour=red", "unknown modality option 'colour=red'"),
+    ],
+)
+def test_bad_modality_specs_give_one_line(tmp_path: Path, capsys, spec: str, message: str) -> None:
+    source = _cite(tmp_path / "cite.h5ad")
+    code = main(["fit", str(source), "--out", str(tmp_path / "o.h5ad"), "--modality", spec])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_mudata_modality_is_one_line(tmp_path: Path, capsys) -> None:
+    rna = make_counts(n_cells=30)
+    md.MuData({"rna": rna}).write(tmp_path / "m.h5mu")
+    code = main(
+        ["fit", str(tmp_path / "m.h5mu"), "--out", str(tmp_path / "o.h5mu"), "--modality", "atac=bernoulli"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Modality 'atac' is not in the MuData (it has rna)" in err
+
+
+def test_sparse_protein_counts_work_too(tmp_path: Path) -> None:
+    adata = make_counts(n_cells=60, seed=2)
+    adata.obsm["protein"] = sp.csr_matrix(make_counts(n_cells=60, n_genes=5, seed=3).X)
+    adata.write_h5ad(tmp_path / "s.h5ad")
+    args = ["fit", str(tmp_path / "s.h5ad"), "--out", str(tmp_path / "o.csv"), "--epochs", "1"]
+    assert main([*args, "--modality", "rna=nb", "--modality", "prot=nb,obsm=protein", "--no-progress"]) == 0
