@@ -9,14 +9,16 @@ same number of samples), and the wall-clock cost of refinement next to one train
 BMMC CITE-seq (RNA): train on one batch (site/donor), hold out 20% of it (in distribution), and apply
 the model to the other batch (out of distribution); then the other way round.
 
-Run ``python benchmarks/refinement_worm.py`` (about 5-10 minutes on 2 CPU cores) or with ``--quick``
-(a smoke run). Writes ``benchmarks/results/refinement.json`` (``refinement_quick.json``) and PNG plots
-next to it.
+Run ``python benchmarks/refinement_worm.py`` or, for a smoke run, with ``--quick``. The worm
+model's training dominates the run time: about 25 minutes on 2 CPU cores shared with other work
+(load average ~7), a few minutes on idle ones. Writes ``benchmarks/results/refinement.json``
+(``refinement_quick.json``), the plots as PNG and the per-cell values as CSV next to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import anndata as ad
 import matplotlib
 import numpy as np
+import pandas as pd
 import torch
 from _common import (
     RESULTS_DIR,
@@ -80,6 +83,11 @@ QUICK = Config(
     n_check_cells=8,
     quick=True,
 )
+
+
+def cfg_suffix(cfg: Config) -> str:
+    """File-name suffix: ``"_quick"`` for a smoke run."""
+    return "_quick" if cfg.quick else ""
 
 
 def gap_options(cfg: Config, *, scale: int = 1) -> GapOptions:
@@ -206,7 +214,12 @@ def run_worm(cfg: Config, out_dir: Path) -> dict[str, Any]:
     data, index = cells_of(model, adata[heldout_idx].copy())
     gap = measure_amortization_gap(model.module, data, index, gap_options(cfg))
     print(f"[refine] worm held-out ELBO: {elbo_table(gap)}; closure {gap.closure}", flush=True)
-    plot_amortization_gap({"worm held-out": gap}).savefig(out_dir / "refinement_worm_gap.png")
+    plot_amortization_gap({"worm held-out": gap}).savefig(
+        out_dir / f"refinement_worm_gap{cfg_suffix(cfg)}.png"
+    )
+    heldout = adata[heldout_idx]
+    frame = gap.to_frame(index=heldout.obs_names).assign(label=heldout.obs["label"].to_numpy())
+    frame.to_csv(out_dir / f"refinement_worm_cells{cfg_suffix(cfg)}.csv")
     return {
         "data": {
             "n_cells": adata.n_obs,
@@ -231,13 +244,19 @@ def run_bmmc_direction(
     train_pos, heldout_pos = heldout_split(len(own), cfg.bmmc_heldout_fraction, cfg.seed)
     model, training = train_model(adata[own[train_pos]].copy(), cfg)
     record: dict[str, Any] = {"training": training}
-    gaps = {}
+    gaps, frames = {}, []
     for name, cells in (("in_distribution", own[heldout_pos]), ("other_batch", other)):
         data, index = cells_of(model, adata[cells].copy())
         gaps[name] = measure_amortization_gap(model.module, data, index, gap_options(cfg))
+        frames.append(
+            gaps[name]
+            .to_frame(index=adata.obs_names[cells])
+            .assign(cell_type=adata.obs["cell_type"].to_numpy()[cells], set=name)
+        )
         record[name] = gap_record(gaps[name], data)
         record[name]["marginal_ll"] = marginal_ll(model, data, index, cfg)
         print(f"[refine] bmmc {train_batch}->{name}: {record[name]['elbo']}", flush=True)
+    record["cells"] = pd.concat(frames)
     return record, gaps
 
 
@@ -259,6 +278,8 @@ def run_bmmc(cfg: Config, out_dir: Path) -> dict[str, Any]:
     }
     for train_batch, other_batch in (batches, batches[::-1]):
         record, gaps = run_bmmc_direction(adata, train_batch, other_batch, cfg)
+        cells = record.pop("cells")
+        cells.to_csv(out_dir / f"refinement_bmmc_train_{train_batch}_cells{cfg_suffix(cfg)}.csv")
         results[f"train_{train_batch}"] = record
         fig = plot_amortization_gap(
             {
@@ -266,7 +287,7 @@ def run_bmmc(cfg: Config, out_dir: Path) -> dict[str, Any]:
                 f"other batch {other_batch}": gaps["other_batch"],
             }
         )
-        fig.savefig(out_dir / f"refinement_bmmc_train_{train_batch}_gap.png")
+        fig.savefig(out_dir / f"refinement_bmmc_train_{train_batch}_gap{cfg_suffix(cfg)}.png")
     return results
 
 
@@ -275,7 +296,7 @@ def goals(worm: dict[str, Any], cfg: Config) -> dict[str, Any]:
     closure = worm["heldout"]["closure"].get(str(cfg.refine_steps))
     return {
         f"closure_at_{cfg.refine_steps}_steps": closure,
-        "closure_at_20_steps_at_least_half": None if closure is None else closure >= 0.5,
+        f"closure_at_{cfg.refine_steps}_steps_at_least_half": None if closure is None else closure >= 0.5,
         "refined_marginal_ll_higher": worm["marginal_ll"]["refined_minus_encoder"] > 0,
     }
 
@@ -289,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = QUICK if args.quick else Config()
     out = args.out or RESULTS_DIR / ("refinement_quick.json" if cfg.quick else "refinement.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     with timed() as total:
         worm = run_worm(cfg, out.parent)
         bmmc = run_bmmc(cfg, out.parent)
@@ -304,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         "bmmc_ood": bmmc,
         "goals": goals(worm, cfg),
         "total_seconds": total.seconds,
+        "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
         "notes": [
             "All ELBOs are per cell, KL weight 1, nats (higher is better), each cell's evaluated "
             "with the same n_eval_samples fixed draws (independent of the optimised draws).",
@@ -311,7 +334,10 @@ def main(argv: list[str] | None = None) -> None:
             "The near-optimum is a long per-cell optimisation (n_optimum_steps, optimum_n_samples, "
             "lr 0.1 decayed to 0.001); optimum_check reruns it with twice the steps and samples on "
             "a few cells to show how far from converged it is.",
-            "Timings share 2 CPU cores with other work; compare only within this file.",
+            "Timings share 2 CPU cores with other work (see load_average_1_5_15min); compare "
+            "only within this file.",
+            "Per-cell values (encoder, refined, near-optimum ELBO, gap, label) are written to "
+            "refinement_*_cells.csv next to this file.",
         ],
     }
     write_json(out, payload)

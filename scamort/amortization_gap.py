@@ -27,9 +27,14 @@ if TYPE_CHECKING:
 __all__ = [
     "AmortizationGap",
     "GapOptions",
+    "MIN_PLOTTED_GAP",
     "measure_amortization_gap",
     "plot_amortization_gap",
 ]
+
+
+#: Smallest gap (nats) on the histogram's log axis; smaller (or negative) gaps go in its first bin.
+MIN_PLOTTED_GAP = 0.1
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,8 @@ def plot_amortization_gap(
 
     Left: mean ELBO gain over the encoder after ``k`` refinement steps (solid, labelled with the
     fraction of the gap closed) and the near-optimum's gain (dashed). Right: histogram of the
-    per-cell gap (near-optimum minus encoder ELBO), as fractions of each measurement's cells.
+    per-cell gap (near-optimum minus encoder ELBO) on a log scale (the gap is heavy-tailed), as
+    fractions of each measurement's cells; gaps below ``MIN_PLOTTED_GAP`` fall in the first bin.
 
     Parameters
     ----------
@@ -258,16 +264,25 @@ def plot_amortization_gap(
     else:
         curve_ax, hist_ax = axes
         fig = curve_ax.figure
-    edges = np.histogram_bin_edges(np.concatenate([g.gap for g in named.values()]), bins=bins)
+    largest = max(float(np.max(g.gap, initial=0.0)) for g in named.values())
+    edges = np.geomspace(MIN_PLOTTED_GAP, max(largest, 10 * MIN_PLOTTED_GAP), bins + 1)
     for colour, (name, gap) in enumerate(named.items()):
         _draw_curve(curve_ax, gap, name, f"C{colour}")
         weights = np.full(gap.gap.shape, 1.0 / max(len(gap.gap), 1))
-        hist_ax.hist(gap.gap, bins=edges, weights=weights, histtype="step", color=f"C{colour}", label=name)
+        hist_ax.hist(
+            np.clip(gap.gap, MIN_PLOTTED_GAP, None),
+            bins=edges,
+            weights=weights,
+            histtype="step",
+            color=f"C{colour}",
+            label=f"{name} (median {np.median(gap.gap):.1f})",
+        )
+    hist_ax.set_xscale("log")
     curve_ax.set_xlabel("refinement steps")
     curve_ax.set_ylabel("mean ELBO gain over the encoder (nats)")
     curve_ax.set_title("amortization gap closed by refinement")
     curve_ax.legend(frameon=False, loc="best", fontsize=8)
-    hist_ax.set_xlabel("per-cell gap: near-optimum - encoder ELBO (nats)")
+    hist_ax.set_xlabel("per-cell gap: near-optimum - encoder ELBO (nats, log scale)")
     hist_ax.set_ylabel("fraction of cells")
     hist_ax.set_title("per-cell amortization gap")
     hist_ax.legend(frameon=False, fontsize=8)

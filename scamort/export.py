@@ -22,7 +22,7 @@ from scamort._version import __version__
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["EMBEDDING_SUFFIXES", "embed", "embedding_frame", "write_embedding"]
+__all__ = ["EMBEDDING_SUFFIXES", "amortization_gap", "embed", "embedding_frame", "write_embedding"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +196,54 @@ def embedding_frame(adata: AnnData, *, key: str = "X_scamort") -> pd.DataFrame:
     matrix = matrix.reshape(matrix.shape[0], -1)
     columns = [f"{key}_{i}" for i in range(matrix.shape[1])]
     return pd.DataFrame(matrix, index=index, columns=columns)
+
+
+def amortization_gap(
+    adata: AnnData,
+    model: Any,
+    *,
+    key_added: str = "scamort_amortization_gap",
+    steps: tuple[int, ...] = (5, 20, 50),
+    n_optimum_steps: int = 200,
+    copy: bool = False,
+) -> AnnData | None:
+    """Measure each cell's amortization gap (see :meth:`scamort.Model.amortization_gap`) and store it.
+
+    Parameters
+    ----------
+    adata
+        Cells to measure, with the model's genes.
+    model
+        A trained :class:`scamort.Model`.
+    key_added
+        Key of the results.
+    steps, n_optimum_steps
+        Refinement steps of the curve, and steps of the near-optimum.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    AnnData | None
+        ``None`` when ``copy=False``, else the modified copy. Keys written:
+
+        ``.obs[key_added]``
+            Per-cell gap (near-optimum ELBO minus the encoder's), in nats.
+        ``.obsm[key_added + "_curve"]``
+            Per-cell ELBO at step 0 (the encoder) and at each of ``steps``, ``(n_cells, 1 + n_steps)``.
+        ``.uns[key_added]``
+            ``{"params": {...}, "summary": {...}}`` (mean closure per step, gap quantiles, timings).
+    """
+    gap = model.amortization_gap(adata, steps=steps, n_optimum_steps=n_optimum_steps)
+    target = adata.copy() if copy else adata
+    target.obs[key_added] = gap.gap
+    target.obsm[f"{key_added}_curve"] = np.asarray(gap.elbo, dtype=np.float32)
+    target.uns[key_added] = {
+        "params": {
+            "steps": list(gap.steps),
+            "n_optimum_steps": int(n_optimum_steps),
+            "scamort_version": __version__,
+        },
+        "summary": _drop_none(gap.summary()),
+    }
+    return target if copy else None

@@ -22,6 +22,7 @@ __all__ = [
     "marginal_log_likelihood",
     "normalized_expression",
     "posterior_predictive",
+    "repeat_minibatch",
 ]
 
 #: Upper bound on decoded (cells × samples) rows held at once: keeps dense (rows, features) buffers small.
@@ -107,7 +108,7 @@ def elbo_terms(
     return {k: np.concatenate(v) for k, v in reconstruction.items()}, np.concatenate(kls)
 
 
-def _repeat(batch: Minibatch, n: int) -> Minibatch:
+def repeat_minibatch(batch: Minibatch, n: int) -> Minibatch:
     """The minibatch with every cell repeated ``n`` times (sample-major: all cells, then again)."""
     index = torch.arange(batch.size, device=batch.batch_index.device).repeat(n)
     modalities = {
@@ -149,7 +150,7 @@ def marginal_log_likelihood(
         done = 0
         while done < n_mc_samples:
             k = min(samples_per_chunk, n_mc_samples - done)
-            repeated = _repeat(batch, k)
+            repeated = repeat_minibatch(batch, k)
             mean = posterior.mean.repeat(k, 1)
             log_variance = posterior.log_variance.repeat(k, 1)
             z = Posterior(mean, log_variance).rsample()

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from scamort import inference, io
+from scamort.amortization_gap import AmortizationGap, GapOptions, measure_amortization_gap
 from scamort.data import CellData, Modality, Registry, build_registry, encode_cells
 from scamort.data.backed import BackedCellData, is_backed
 from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
@@ -394,6 +395,34 @@ class Model:
             )
         except ValueError as error:
             raise InputError(str(error)) from None
+
+    def amortization_gap(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        steps: Sequence[int] = (5, 20, 50),
+        n_optimum_steps: int = 200,
+    ) -> AmortizationGap:
+        """Measure each cell's amortization gap: how far the encoder's posterior is from the best one.
+
+        For every cell: the encoder's ELBO, the refined ELBO after each of ``steps`` (a curve), and a
+        near-optimum from ``n_optimum_steps`` of per-cell optimisation. ``gap = optimum - encoder``
+        and ``closure(k) = (refined_k - encoder) / gap``. A large gap flags cells the encoder serves
+        badly (cells unlike the training data, rare types): a QC signal.
+
+        Returns
+        -------
+        :class:`scamort.amortization_gap.AmortizationGap`: ``gap`` ``(n_cells,)``, ``closure``
+        ``(n_steps,)``, ``to_frame()`` (per-cell table), ``summary()``; plot it with
+        :func:`scamort.pl.amortization_gap`, store it in ``.obs`` with :func:`scamort.tl.amortization_gap`.
+        """
+        _check_positive_int(n_optimum_steps, "n_optimum_steps")
+        data, index, _ = self._cells(adata, indices)
+        try:
+            options = GapOptions(steps=tuple(int(k) for k in steps), n_optimum_steps=int(n_optimum_steps))
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        return measure_amortization_gap(self.module, data, index, options)
 
     def _modality_name(self, modality: str | None) -> str:
         return self.registry.modalities[0].name if modality is None else self.registry.modality(modality).name

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from scamort.amortization_gap import plot_amortization_gap as amortization_gap
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["embedding", "history"]
+__all__ = ["amortization_gap", "embedding", "history", "imputation"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +153,44 @@ def _check_basis(adata: AnnData, basis: str) -> None:
         f"compute it first, e.g. sc.tl.umap(adata) after sc.pp.neighbors(adata, use_rep=...)."
     )
     raise KeyError(msg)
+
+
+def imputation(
+    observed: pd.DataFrame,
+    imputed: pd.DataFrame,
+    features: list[str] | None = None,
+    *,
+    n_features: int = 4,
+    log1p: bool = True,
+) -> Figure:
+    """Imputed against observed values per feature (e.g. protein from RNA), one panel each.
+
+    Parameters
+    ----------
+    observed, imputed
+        Cells × features tables with matching index and columns (e.g. held-out protein counts and
+        ``model.impute(modality="prot")`` for the same cells).
+    features
+        Features to show; default the ``n_features`` with the highest correlation.
+    n_features
+        How many to show when ``features`` is None.
+    log1p
+        Compare ``log1p`` values.
+
+    Returns
+    -------
+    The matplotlib Figure; each panel's title gives the Pearson correlation.
+    """
+    imputed = imputed.loc[observed.index, observed.columns]
+    x = np.log1p(observed) if log1p else observed
+    y = np.log1p(imputed) if log1p else imputed
+    correlation = x.corrwith(y)
+    chosen = features or list(correlation.sort_values(ascending=False).index[:n_features])
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], chosen, strict=True):
+        ax.scatter(x[name], y[name], s=5, alpha=0.6)
+        top = float(max(x[name].max(), y[name].max()))
+        ax.plot([0, top], [0, top], color="grey", lw=0.8)
+        ax.set(title=f"{name} (r = {correlation[name]:.2f})", xlabel="observed", ylabel="imputed")
+    fig.tight_layout()
+    return fig

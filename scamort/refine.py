@@ -36,8 +36,7 @@ import numpy as np
 import torch
 
 from scamort.data.cell_data import CellData, Minibatch
-from scamort.inference import MAX_DECODED_ROWS
-from scamort.inference import _repeat as repeat_minibatch
+from scamort.inference import MAX_DECODED_ROWS, repeat_minibatch
 from scamort.module import VAE, Posterior, gaussian_kl
 
 __all__ = [

@@ -10,6 +10,6 @@ Examples
 
 from __future__ import annotations
 
-from scamort.export import embed, write_embedding
+from scamort.export import amortization_gap, embed, write_embedding
 
-__all__ = ["embed", "write_embedding"]
+__all__ = ["amortization_gap", "embed", "write_embedding"]
