@@ -637,6 +637,44 @@ class Model:
             self.module, data, index, modality=self._modality_name(modality), n_samples=n_samples
         )
 
+    def differential_expression(
+        self,
+        adata: ad.AnnData | None = None,
+        groupby: str | None = None,
+        group1: Any = None,
+        group2: Any | None = None,
+        mode: str = "change",
+        delta: float = 0.25,
+        batch_correction: bool = True,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """Bayesian differential expression between two groups of cells (``group2=None``: the rest).
+
+        Posterior-sampled log fold changes, the probability of a change beyond ``delta`` (``mode=
+        "change"``) or of higher expression (``"vanilla"``), Bayes factors and posterior expected FDR
+        control; sorted by evidence. See :func:`scamort.differential.differential_expression` for the
+        other ``options`` (``modality``, ``n_samples``, ``fdr_target``, ``seed``) and the columns.
+
+        Returns
+        -------
+        DataFrame indexed by feature.
+        """
+        from scamort.differential import differential_expression
+
+        if groupby is None or group1 is None:
+            raise InputError("differential_expression needs groupby= (an .obs column) and group1=.")
+        return differential_expression(
+            self,
+            adata,
+            groupby=groupby,
+            group1=group1,
+            group2=group2,
+            mode=mode,
+            delta=delta,
+            batch_correction=batch_correction,
+            **options,
+        )
+
     # ------------------------------------------------------------------ persistence
     def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
         """Write the model to ``dir_path`` (JSON spec + weights), atomically.
