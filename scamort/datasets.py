@@ -11,7 +11,13 @@ __all__ = ["bmmc_cite", "bundled_path", "worm_neurons"]
 
 
 def bundled_path(filename: str) -> Path:
-    """Path of a bundled file: inside the installed package, or ``data/`` of a source checkout."""
+    """Path of a bundled file: inside the installed package, or ``data/`` of a source checkout.
+
+    Parameters
+    ----------
+    filename
+        Name of the file (as in ``data/README.md``).
+    """
     installed = resources.files("scamort") / "_bundled" / filename
     if installed.is_file():
         return Path(str(installed))

@@ -410,6 +410,16 @@ class Model:
         and ``closure(k) = (refined_k - encoder) / gap``. A large gap flags cells the encoder serves
         badly (cells unlike the training data, rare types): a QC signal.
 
+        Parameters
+        ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        indices
+            Positions of cells within ``adata`` (default all).
+        steps
+            Refinement steps at which to record each cell's ELBO (the curve).
+        n_optimum_steps
+            Steps of the long per-cell optimisation giving the near-optimum.
         Returns
         -------
         :class:`scamort.amortization_gap.AmortizationGap`: ``gap`` ``(n_cells,)``, ``closure``
@@ -484,12 +494,18 @@ class Model:
 
         Parameters
         ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        indices
+            Positions of cells within ``adata`` (default all).
         transform_batch
             Decode every cell as if it came from this batch (batch-corrected expression).
         library_size
             Counts per cell of the output (``1e4``: counts per 10k).
         n_samples
             Average over this many posterior samples (1: use the posterior mean).
+        modality
+            Which modality to decode (default the first, e.g. RNA).
         refine_steps
             Refine each cell's posterior by this many gradient steps on its own ELBO first
             (see :meth:`refine`); 0 uses the encoders' posterior.
@@ -540,6 +556,16 @@ class Model:
         prediction comes from the others (e.g. protein from RNA). Cells that have the modality keep
         their own library size; the others get the median library size of the cells that have it.
 
+        Parameters
+        ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        indices
+            Positions of cells within ``adata`` (default all).
+        modality
+            The modality to predict (default the first).
+        n_samples
+            Average over this many posterior samples (1: use the posterior mean).
         Returns
         -------
         DataFrame cells × features of ``modality``.
@@ -569,6 +595,18 @@ class Model:
         One reparameterised sample per cell, KL weight 1. Returns the mean over cells, or one value per
         cell (shape ``(n_cells,)``) with ``return_mean=False``. ``refine_steps`` evaluates the ELBO of
         refined posteriors (see :meth:`refine`).
+
+        Parameters
+        ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        indices
+            Positions of cells within ``adata`` (default all).
+        return_mean
+            Return the mean over cells instead of one value per cell.
+        refine_steps
+            Refine each cell's posterior by this many gradient steps on its own ELBO first
+            (see :meth:`refine`); 0 uses the encoders' posterior.
         """
         data, index, _ = self._cells(adata, indices)
         reconstruction, kl = inference.elbo_terms(
@@ -585,6 +623,14 @@ class Model:
     ) -> dict[str, float | np.ndarray]:
         """Expected reconstruction log-likelihood ``E_q log p(x_m | z)`` per modality.
 
+        Parameters
+        ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        indices
+            Positions of cells within ``adata`` (default all).
+        return_mean
+            Return means over cells instead of per-cell arrays.
         Returns
         -------
         Modality name -> mean over cells (or per-cell array ``(n_cells,)`` with ``return_mean=False``).
@@ -606,6 +652,20 @@ class Model:
         Returns the mean over cells, or ``(n_cells,)`` with ``return_mean=False``. ``refine_steps``
         uses refined posteriors as the proposal (see :meth:`refine`): a better proposal gives a
         tighter estimate with the same number of samples.
+
+        Parameters
+        ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        indices
+            Positions of cells within ``adata`` (default all).
+        n_mc_samples
+            Importance samples per cell (processed in chunks, so memory stays bounded).
+        return_mean
+            Return the mean over cells instead of one value per cell.
+        refine_steps
+            Refine each cell's posterior by this many gradient steps on its own ELBO first
+            (see :meth:`refine`); 0 uses the encoders' posterior.
         """
         _check_positive_int(n_mc_samples, "n_mc_samples")
         data, index, _ = self._cells(adata, indices)
@@ -627,6 +687,16 @@ class Model:
     ) -> np.ndarray:
         """Counts drawn from the posterior predictive: z ~ q(z|x), x' ~ p(x|z).
 
+        Parameters
+        ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        indices
+            Positions of cells within ``adata`` (default all).
+        n_samples
+            Draws per cell.
+        modality
+            Which modality to sample (default the first).
         Returns
         -------
         Array of shape ``(n_samples, n_cells, n_features)``.
@@ -655,6 +725,23 @@ class Model:
         control; sorted by evidence. See :func:`scamort.differential.differential_expression` for the
         other ``options`` (``modality``, ``n_samples``, ``fdr_target``, ``seed``) and the columns.
 
+        Parameters
+        ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        groupby
+            ``.obs`` column defining the groups.
+        group1, group2
+            The groups compared (``group2=None``: all other cells).
+        mode
+            ``"change"`` (probability of ``|LFC| > delta``) or ``"vanilla"`` (probability of higher
+            expression).
+        delta
+            Smallest absolute log fold change that counts as a change.
+        batch_correction
+            Average the expression over the model's batches (decoding each cell in every batch).
+        **options
+            Passed on: ``modality``, ``n_samples``, ``pseudocount``, ``fdr_target``, ``seed``.
         Returns
         -------
         DataFrame indexed by feature.
@@ -679,6 +766,12 @@ class Model:
     def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
         """Write the model to ``dir_path`` (JSON spec + weights), atomically.
 
+        Parameters
+        ----------
+        dir_path
+            Folder to write (created; its parent must be writable).
+        overwrite
+            Replace an existing folder.
         Raises
         ------
         FileExistsError
@@ -702,6 +795,15 @@ class Model:
     def load(cls, dir_path: str | Path, adata: ad.AnnData, device: str = "auto") -> Model:
         """Load a saved model onto ``adata`` (genes aligned by name; categories must be known).
 
+        Parameters
+        ----------
+        dir_path
+            A folder written by :meth:`save`.
+        adata
+            The data to attach: its features must include the model's (they are aligned by name) and
+            its categorical columns may only hold categories the model knows.
+        device
+            Where to place the weights (``"auto"``: CUDA when available).
         Raises
         ------
         InputError
