@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -262,9 +263,9 @@ class Model:
             uninterrupted run.
 
         lr_scaling
-            How the learning rate follows the batch size: ``"sqrt"`` uses ``lr * sqrt(batch_size / 128)``
-            (keeps convergence per epoch close when batches grow, for GPU-sized batches), ``"none"``
-            uses ``lr`` as given.
+            How the learning rate follows the batch size: ``"sqrt"`` uses ``lr * sqrt(B / 128)`` with
+            ``B`` the global batch (``batch_size`` times the number of torchrun processes), which keeps
+            convergence per epoch close when batches grow; ``"none"`` uses ``lr`` as given.
         max_seconds
             Wall-clock budget: stop after the first epoch that ends past it.
 
@@ -277,8 +278,8 @@ class Model:
         """
         max_epochs = default_max_epochs(self._data.n_cells) if max_epochs is None else max_epochs
         _check_choice(lr_scaling, ("sqrt", "none"), "lr_scaling")
-        if lr_scaling == "sqrt":
-            lr = lr * (batch_size / 128) ** 0.5
+        if lr_scaling == "sqrt":  # by the global batch: under torchrun each process takes batch_size
+            lr = lr * (batch_size * int(os.environ.get("WORLD_SIZE", "1")) / 128) ** 0.5
         config = TrainConfig(
             max_epochs=max_epochs,
             batch_size=batch_size,
