@@ -24,6 +24,7 @@ Writes ``benchmarks/results/differential_bmmc.json`` and ``.md`` (``differential
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,10 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += [
             f"## {title}",
             "",
-            f"Model: {part['model']}; training {part['train_seconds']:.0f} s.",
+            f"Model: {part['model']}; training {part['train_seconds']:.0f} s (1-min load average "
+            f"{part.get('load_avg_1min_before', float('nan')):.1f} before, "
+            f"{part.get('load_avg_1min_after', float('nan')):.1f} after; well above the core count means "
+            "other work competed for the CPU and the time is not representative).",
             "",
             "| population | marker | rank | rank_all | proba_de | lfc_mean | FDR 5% | wilcoxon |",
             "|---|---|---|---|---|---|---|---|",
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for key, (model_options, markers, de_options) in specs.items():
         model = scamort.Model(adata, batch_key="batch", seed=args.seed, **model_options)
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         model.train(max_epochs=args.epochs, progress_bar=False)
         train_seconds = time.perf_counter() - start
@@ -285,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         payload[key] = {
             "model": repr(model),
             "train_seconds": train_seconds,
+            "load_avg_1min_before": load_before,
+            "load_avg_1min_after": os.getloadavg()[0],
             "epochs_run": len(model.history),
             "final_validation_elbo": float(model.history["validation_elbo"].iloc[-1]),
             "markers": rows,

@@ -21,6 +21,7 @@ The statistics are pure functions of the sampled arrays (:func:`change_statistic
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,6 +58,8 @@ MODES = ("change", "vanilla")
 _NOT_EXPRESSED_MEAN = 0.01
 #: Added inside the Bayes factor's logarithms so that probabilities of 0 or 1 stay finite.
 _EPS = 1e-8
+#: Features per block when computing statistics (temporaries of ``n_samples × _FEATURE_CHUNK``).
+_FEATURE_CHUNK = 2048
 
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -259,7 +262,7 @@ def _sample_scales(
     batch_codes: list[int | None],
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """``n_samples`` normalized-expression draws of one group, ``(n_samples, n_features)`` float64.
+    """``n_samples`` normalized-expression draws of one group, ``(n_samples, n_features)`` float32.
 
     Each draw picks a random cell of ``cells`` (with replacement), samples z from its q(z | x) and
     decodes it under every batch code (averaging the proportions).
@@ -270,7 +273,7 @@ def _sample_scales(
     noise = rng.standard_normal(mean.shape).astype(mean.dtype)
     z = mean + np.exp(0.5 * log_variance) * noise
     drawn_cells = unique[inverse]
-    total = np.zeros((n_samples, model.registry.modality(modality).n_features))
+    total = np.zeros((n_samples, model.registry.modality(modality).n_features), dtype=np.float32)
     for code in batch_codes:
         total += inference.normalized_expression(
             model.module,
@@ -281,6 +284,22 @@ def _sample_scales(
             posteriors=(z, log_variance),
         )
     return total / len(batch_codes)
+
+
+def _by_feature_chunks(
+    statistics: Callable[..., dict[str, np.ndarray]],
+    scales1: np.ndarray,
+    scales2: np.ndarray,
+    **options: Any,
+) -> dict[str, np.ndarray]:
+    """``statistics`` computed on blocks of ``_FEATURE_CHUNK`` features at a time (bounded temporaries)."""
+    parts = [
+        statistics(
+            scales1[:, start : start + _FEATURE_CHUNK], scales2[:, start : start + _FEATURE_CHUNK], **options
+        )
+        for start in range(0, scales1.shape[1], _FEATURE_CHUNK)
+    ]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def _raw_statistics(data: CellData, modality: str, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -357,7 +376,8 @@ def differential_expression(
         protein of a CITE-seq model).
     n_samples
         Posterior draws per group, and pairs of draws; more draws give smoother probabilities.
-        Memory: about ``2 × n_samples × n_features`` float64 values.
+        Memory: about ``2 × n_samples × n_features`` float32 values (800 MB for 5000 draws of 20,000
+        genes); the statistics are computed in blocks of features.
     pseudocount
         Added to the proportions before the logarithm; ``None`` estimates it as scVI does (from the
         sampled proportions of genes a group does not express, mean raw count below 0.01).
@@ -451,12 +471,12 @@ def differential_expression(
 
     columns: dict[str, Any] = {}
     if mode == "change":
-        stats = change_statistics(scales[0], scales[1], delta=delta, pseudocount=pseudocount)
+        stats = _by_feature_chunks(change_statistics, *scales, delta=delta, pseudocount=pseudocount)
         columns.update({k: stats[k] for k in ("proba_de", "proba_not_de", "bayes_factor")})
     else:
-        columns.update(vanilla_statistics(scales[0], scales[1]))
+        columns.update(_by_feature_chunks(vanilla_statistics, *scales))
     # Effect sizes with a thousandfold smaller pseudocount, as scVI reports them.
-    lfc = change_statistics(scales[0], scales[1], delta=1.0, pseudocount=1e-3 * pseudocount)
+    lfc = _by_feature_chunks(change_statistics, *scales, delta=1.0, pseudocount=1e-3 * pseudocount)
     columns.update({k: lfc[k] for k in ("lfc_mean", "lfc_median", "lfc_std", "lfc_min", "lfc_max")})
     columns["scale1"], columns["scale2"] = scales[0].mean(axis=0), scales[1].mean(axis=0)
     for key in ("raw_mean", "non_zeros_proportion", "raw_normalized_mean"):

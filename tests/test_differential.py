@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 import scamort
+import scamort.differential
 from scamort.differential import (
     change_statistics,
     differential_expression,
@@ -203,6 +204,18 @@ def test_seeded_and_rest_equals_only_other_group(trained: tuple[scamort.Model, a
     pd.testing.assert_frame_equal(first.drop(columns="group2"), explicit.drop(columns="group2"))
     other = differential_expression(model, groupby="group", group1="A", n_samples=300, seed=4)
     assert not np.allclose(first["lfc_mean"], other.loc[first.index, "lfc_mean"])
+
+
+def test_feature_blocks_give_the_same_table(
+    trained: tuple[scamort.Model, ad.AnnData], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = trained
+    for mode in ("change", "vanilla"):
+        whole = differential_expression(model, groupby="group", group1="A", mode=mode, n_samples=300)
+        monkeypatch.setattr(scamort.differential, "_FEATURE_CHUNK", 7)
+        blocks = differential_expression(model, groupby="group", group1="A", mode=mode, n_samples=300)
+        monkeypatch.undo()
+        pd.testing.assert_frame_equal(whole, blocks)
 
 
 def test_vanilla_mode(trained: tuple[scamort.Model, ad.AnnData]) -> None:
