@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from scamort.data.cell_data import CellData
 from scamort.errors import InputError
@@ -25,6 +25,21 @@ from scamort.train.distributed import all_reduce_mean, init_from_environment, ra
 __all__ = ["NonFiniteLossError", "TrainingResult", "fit", "split_cells"]
 
 logger = logging.getLogger(__name__)
+
+
+def _progress_bar_class() -> type:
+    """``tqdm.auto.tqdm``, imported on first use rather than with the package.
+
+    In Jupyter without ipywidgets, importing ``tqdm.auto`` warns "IProgress not found" and falls back to the
+    plain text bar; that fallback is fine, so the warning is silenced instead of reaching every notebook that
+    imports scamort.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from tqdm.auto import tqdm
+
+    return tqdm
+
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -183,7 +198,7 @@ def fit(
     steps_per_epoch = math.ceil(len(train_np) / config.batch_size)
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
     stopped_early = saved is not None and saved["stopped"]
-    epochs = tqdm(
+    epochs = _progress_bar_class()(
         range(progress.epoch, config.max_epochs if not stopped_early else progress.epoch),
         desc="training",
         unit="epoch",
