@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from scamort.data.cell_data import CellData
 from scamort.errors import InputError
 from scamort.module import VAE
+from scamort.train.allocator import keep_freed_memory_for_reuse
 from scamort.train.checkpoint import load_checkpoint, save_checkpoint
 from scamort.train.config import TrainConfig
 from scamort.train.distributed import all_reduce_mean, init_from_environment, rank_and_world_size, shard
@@ -173,6 +174,7 @@ def fit(
         If an epoch produced a non-finite loss; the module then holds the weights from before it.
     """
     train_np, validation_np = split_cells(data.n_cells, config.train_size, config.seed)
+    keep_freed_memory_for_reuse()
     torch.manual_seed(config.seed)
     init_from_environment(device)
     rank, world_size = rank_and_world_size()
