@@ -1,4 +1,4 @@
-"""Count distributions: negative binomial, zero-inflated NB, Poisson and Bernoulli.
+"""Count distributions: negative binomial, zero-inflated NB, NB mixture, Poisson and Bernoulli.
 
 Each is a ``torch.distributions.Distribution`` with the usual dense ``log_prob`` (checked against scipy
 oracles in the tests) and a fast ``log_prob_rows`` that returns the per-cell sum over features while
@@ -14,14 +14,17 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, constraints
 
 from scamort.data.sparse_batch import SparseBatch
-from scamort.nb_rows import negative_binomial_rows
+from scamort.nb_rows import negative_binomial_rows, softmax_negative_binomial_rows
 
 __all__ = [
     "Bernoulli",
     "CountDistribution",
     "NegativeBinomial",
+    "NegativeBinomialMixture",
     "Poisson",
+    "SoftmaxNegativeBinomial",
     "ZeroInflatedNegativeBinomial",
+    "binarised_poisson_logits",
 ]
 
 
@@ -122,6 +125,41 @@ class NegativeBinomial(CountDistribution):
             mu = self.log_mu.exp().expand(self.batch_shape)
             rate = torch.distributions.Gamma(theta, theta / mu).sample(sample_shape)
             return torch.poisson(rate)
+
+
+class SoftmaxNegativeBinomial(NegativeBinomial):
+    """:class:`NegativeBinomial` with mean ``library × softmax(logits)``, as decoders produce it.
+
+    The same distribution, parameterised so that :meth:`log_prob_rows` can fold the softmax into the
+    likelihood (:func:`~scamort.nb_rows.softmax_negative_binomial_rows`): ``log mu`` is formed only at
+    the nonzero counts. ``log_mu`` is computed on first use for everything else.
+
+    Parameters
+    ----------
+    logits
+        Decoder outputs, shape ``(n_cells, n_features)``.
+    log_library
+        Log library size per cell, shape ``(n_cells,)``.
+    log_theta
+        Log inverse dispersion, shape ``(n_features,)`` or ``(n_cells, n_features)``.
+    """
+
+    def __init__(self, logits: torch.Tensor, log_library: torch.Tensor, log_theta: torch.Tensor) -> None:
+        self.logits = logits
+        self.log_library = log_library
+        self.log_theta = log_theta
+        CountDistribution.__init__(self, logits.shape)
+
+    @property
+    def log_mu(self) -> torch.Tensor:
+        """Log mean, shape ``(n_cells, n_features)``."""
+        return F.log_softmax(self.logits, dim=-1) + self.log_library.unsqueeze(-1)
+
+    def log_prob_rows(self, counts: SparseBatch) -> torch.Tensor:
+        log_lik = softmax_negative_binomial_rows(
+            self.logits, self.log_library, self.log_theta, counts.row, counts.col, counts.values
+        )
+        return log_lik - counts.log_factorial
 
 
 class ZeroInflatedNegativeBinomial(NegativeBinomial):
@@ -236,3 +274,147 @@ class Bernoulli(CountDistribution):
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             return torch.bernoulli(self.mean.expand(torch.Size(sample_shape) + self.batch_shape))
+
+
+def _negative_binomial_kernel(
+    value: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, log_theta_mu: torch.Tensor
+) -> torch.Tensor:
+    """The part of ``log NB(x; mu, theta)`` that depends on ``mu``:
+    ``theta (log theta - log(theta + mu)) + x (log mu - log(theta + mu))``."""
+    return log_theta.exp() * (log_theta - log_theta_mu) + value * (log_mu - log_theta_mu)
+
+
+def _count_constant(value: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """The part of ``log NB(x; mu, theta)`` free of ``mu``:
+    ``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``."""
+    theta = log_theta.exp()
+    return torch.lgamma(value + theta) - torch.lgamma(theta) - torch.lgamma(value + 1)
+
+
+class NegativeBinomialMixture(CountDistribution):
+    """Two negative binomials, background and foreground, sharing an inverse dispersion.
+
+    The protein likelihood of totalVI (simplified): each count is background (probability
+    ``sigmoid(mixture_logits)``) with mean ``mu_background`` or foreground with mean ``mu_foreground``
+    (the decoders keep ``mu_foreground >= mu_background``). Both components depend on the count, so the
+    per-cell sums evaluate ``log p(0)`` densely and ``log p(x) - log p(0)`` at the nonzeros.
+
+    Parameters
+    ----------
+    log_mu_background, log_mu_foreground
+        Log means of the two components, shape ``(n_cells, n_features)``.
+    log_theta
+        Log inverse dispersion, shape ``(n_features,)`` or ``(n_cells, n_features)``.
+    mixture_logits
+        Logits of the probability that a count is background, shape ``(n_cells, n_features)``.
+    """
+
+    def __init__(
+        self,
+        log_mu_background: torch.Tensor,
+        log_mu_foreground: torch.Tensor,
+        log_theta: torch.Tensor,
+        mixture_logits: torch.Tensor,
+    ) -> None:
+        self.log_mu_background = log_mu_background
+        self.log_mu_foreground = log_mu_foreground
+        self.log_theta = log_theta
+        self.mixture_logits = mixture_logits
+        super().__init__(log_mu_background.shape)
+
+    @property
+    def background_probability(self) -> torch.Tensor:
+        """Probability that a count is background, ``(n_cells, n_features)``."""
+        return torch.sigmoid(self.mixture_logits)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        pi = self.background_probability
+        return pi * self.log_mu_background.exp() + (1 - pi) * self.log_mu_foreground.exp()
+
+    @property
+    def foreground_mean(self) -> torch.Tensor:
+        """Expected counts without the background: ``(1 - pi) mu_foreground``, ``(n_cells, n_features)``."""
+        return (1 - self.background_probability) * self.log_mu_foreground.exp()
+
+    @property
+    def variance(self) -> torch.Tensor:
+        pi = self.background_probability
+        theta = self.log_theta.exp()
+        second_moment = 0.0
+        for weight, log_mu in ((pi, self.log_mu_background), (1 - pi, self.log_mu_foreground)):
+            mu = log_mu.exp()
+            second_moment = second_moment + weight * (mu + mu.square() / theta + mu.square())
+        return second_moment - self.mean.square()
+
+    def _mixture_kernel(
+        self,
+        value: torch.Tensor,
+        log_mu_background: torch.Tensor,
+        log_mu_foreground: torch.Tensor,
+        log_theta: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> torch.Tensor:
+        """``log p(x)`` without ``lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)`` (shared by both
+        components), elementwise over broadcastable arguments."""
+        background = -F.softplus(-logits) + _negative_binomial_kernel(
+            value, log_mu_background, log_theta, torch.logaddexp(log_theta, log_mu_background)
+        )
+        foreground = -F.softplus(logits) + _negative_binomial_kernel(
+            value, log_mu_foreground, log_theta, torch.logaddexp(log_theta, log_mu_foreground)
+        )
+        return torch.logaddexp(background, foreground)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        kernel = self._mixture_kernel(
+            value, self.log_mu_background, self.log_mu_foreground, self.log_theta, self.mixture_logits
+        )
+        return kernel + _count_constant(value, self.log_theta)
+
+    def log_prob_rows(self, counts: SparseBatch) -> torch.Tensor:
+        zero = self._mixture_kernel(
+            torch.zeros((), dtype=self.log_mu_background.dtype, device=self.log_mu_background.device),
+            self.log_mu_background,
+            self.log_mu_foreground,
+            self.log_theta,
+            self.mixture_logits,
+        )
+        x = counts.values
+        log_theta = _at_nonzeros(self.log_theta, counts)
+        at_x = self._mixture_kernel(
+            x,
+            _at_nonzeros(self.log_mu_background, counts),
+            _at_nonzeros(self.log_mu_foreground, counts),
+            log_theta,
+            _at_nonzeros(self.mixture_logits, counts),
+        )
+        theta = log_theta.exp()
+        nonzero = at_x - _at_nonzeros(zero, counts) + torch.lgamma(x + theta) - torch.lgamma(theta)
+        return zero.sum(-1) + _row_sum_of_nonzeros(nonzero, counts) - counts.log_factorial
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            shape = torch.Size(sample_shape) + self.batch_shape
+            background = torch.bernoulli(self.background_probability.expand(shape)).bool()
+            log_mu = torch.where(
+                background, self.log_mu_background.expand(shape), self.log_mu_foreground.expand(shape)
+            )
+            theta = self.log_theta.exp().expand(shape)
+            return torch.poisson(torch.distributions.Gamma(theta, theta / log_mu.exp()).sample())
+
+
+def binarised_poisson_logits(log_rate: torch.Tensor) -> torch.Tensor:
+    """Bernoulli logits of ``P(x > 0) = 1 - exp(-rate)`` for a Poisson rate ``exp(log_rate)``.
+
+    ``logit = log(expm1(rate))``, computed stably: ``log_rate + rate / 2`` for tiny rates (its series),
+    ``rate + log(-expm1(-rate))`` otherwise (``= rate`` to float precision for large rates).
+
+    Parameters
+    ----------
+    log_rate
+        Log of the Poisson rate, any shape.
+    """
+    small = log_rate < -8.0
+    rate = log_rate.clamp(min=-8.0).exp()
+    large = rate + torch.log(-torch.expm1(-rate.clamp(max=30.0)))
+    return torch.where(small, log_rate + 0.5 * log_rate.clamp(max=-8.0).exp(), large)

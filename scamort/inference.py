@@ -19,6 +19,7 @@ from scamort.module import VAE, Posterior, gaussian_kl, standard_normal_log_prob
 __all__ = [
     "elbo_terms",
     "latent",
+    "library_size",
     "marginal_log_likelihood",
     "normalized_expression",
     "posterior_predictive",
@@ -174,26 +175,52 @@ def normalized_expression(
     n_samples: int = 1,
     batch_size: int = 1024,
     posteriors: PosteriorArrays | None = None,
+    include_background: bool = True,
 ) -> np.ndarray:
     """Expected expression proportions of ``modality`` per cell, averaged over ``n_samples`` z draws
     (the posterior mean when ``n_samples == 1``), shape ``(n_cells, n_features)``.
 
     ``transform_batch`` decodes every cell as if it came from that batch (code), removing batch effects.
+    ``include_background=False`` keeps only the foreground part of an ``"nbmixture"`` modality.
     """
     module.eval()
     decoder = module.decoders[modality]
     out = []
     for batch, posterior in _batches(module, data, index, batch_size, posteriors):
         categorical = batch.categorical
+        batch_index = batch.batch_index
         if transform_batch is not None and categorical.shape[1]:
             categorical = categorical.clone()
             categorical[:, 0] = transform_batch
+            batch_index = torch.full_like(batch_index, transform_batch)
         total = 0.0
         for _ in range(n_samples):
             z = posterior.mean if n_samples == 1 else posterior.rsample()
-            total = total + decoder.proportions(z, categorical=categorical, continuous=batch.continuous)
+            total = total + decoder.proportions(
+                z,
+                categorical=categorical,
+                continuous=batch.continuous,
+                batch_index=batch_index,
+                include_background=include_background,
+            )
         out.append((total / n_samples).cpu().numpy())
     return np.concatenate(out)
+
+
+@torch.no_grad()
+def library_size(
+    module: VAE, data: CellData, index: np.ndarray, *, modality: str, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """The library-size head's prediction of ``log library`` of ``modality`` from each cell's other
+    modalities (see :meth:`VAE.library_latent`): mean and variance, each ``(n_cells,)``."""
+    module.eval()
+    means, variances = [], []
+    for start in range(0, len(index), batch_size):
+        chunk = torch.as_tensor(index[start : start + batch_size], device=data.device)
+        mean, log_variance = module.library(data.minibatch(chunk), modality)
+        means.append(mean.cpu().numpy())
+        variances.append(log_variance.exp().cpu().numpy())
+    return np.concatenate(means), np.concatenate(variances)
 
 
 @torch.no_grad()

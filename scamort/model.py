@@ -22,6 +22,7 @@ from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
 from scamort.errors import InputError
 from scamort.module import VAE, ModuleConfig
 from scamort.nn import DISPERSIONS
+from scamort.nn.decoder import NegativeBinomialMixtureDecoder
 from scamort.refine import (
     DEFAULT_LR,
     DEFAULT_N_SAMPLES,
@@ -36,6 +37,9 @@ __all__ = ["Model"]
 logger = logging.getLogger(__name__)
 
 RNA_LIKELIHOODS = ("nb", "zinb", "poisson")
+
+#: Default ``alignment_weight`` (chosen on the multimodal benchmark, ``benchmarks/multimodal.py``).
+DEFAULT_ALIGNMENT_WEIGHT = 1.0
 
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
@@ -106,6 +110,18 @@ class Model:
         With several modalities: during training, the probability that a cell's posterior uses one
         randomly chosen measured modality only (all are still reconstructed), so that each expert
         alone embeds cells well and imputes the other modalities.
+    alignment_weight
+        With several modalities: during training, add this weight times the symmetric KL between
+        the single-modality posteriors of each cell measured in several modalities (warmed up like
+        the KL). It makes the experts agree, so that cells measured in one modality are embedded
+        among the paired cells instead of apart from them. 0 turns it off.
+
+    Notes
+    -----
+    With several modalities every library-scaled modality (all but ``"bernoulli"``) also gets a
+    library-size head: a Gaussian over the cell's log library given the latent of its other
+    modalities (read detached, so it changes neither the embedding nor the ELBO). :meth:`impute` and
+    ``get_normalized_expression(library_size="latent")`` use it for cells lacking the modality.
 
     Examples
     --------
@@ -135,6 +151,7 @@ class Model:
         seed: int = 0,
         modalities: Mapping[str, Modality] | None = None,
         modality_dropout: float = 0.3,
+        alignment_weight: float = DEFAULT_ALIGNMENT_WEIGHT,
     ) -> None:
         _check_choice(likelihood, RNA_LIKELIHOODS, "likelihood")
         modalities = _modalities(adata, modalities, layer=layer, likelihood=likelihood)
@@ -144,6 +161,8 @@ class Model:
         for value, name in ((dropout_rate, "dropout_rate"), (modality_dropout, "modality_dropout")):
             if not 0 <= value < 1:
                 raise InputError(f"{name} must be in [0, 1), got {value}.")
+        if not (isinstance(alignment_weight, int | float) and 0 <= alignment_weight < float("inf")):
+            raise InputError(f"alignment_weight must be a finite number >= 0, got {alignment_weight!r}.")
         init_params = {
             "layer": layer,
             "batch_key": batch_key,
@@ -159,6 +178,8 @@ class Model:
             "seed": seed,
             "modalities": {name: asdict(m) for name, m in modalities.items()},
             "modality_dropout": modality_dropout,
+            "alignment_weight": float(alignment_weight),
+            "library_heads": True,
         }
         if is_backed(adata):  # out of core: counts are validated chunk by chunk in encode_cells
             read = None
@@ -199,13 +220,36 @@ class Model:
             n_batch=registry.n_batch,
             categorical_sizes=registry.categorical_sizes(),
             n_continuous=len(registry.continuous_covariate_keys),
+            # Absent from models saved before these options existed: those had neither.
+            alignment_weight=init_params.get("alignment_weight", 0.0),
+            library_heads=init_params.get("library_heads", False),
         )
         torch.manual_seed(init_params["seed"])
         self.module = VAE(config)
+        self._initialize_from_data()
         self.history: pd.DataFrame | None = None
         self.train_indices: np.ndarray | None = None
         self.validation_indices: np.ndarray | None = None
         self.is_trained = False
+
+    def _initialize_from_data(self, max_cells: int = 10_000) -> None:
+        """Data-driven starting values (overwritten when loading weights): the library-size heads' mean
+        and variance, and the background rates of ``"nbmixture"`` decoders (from at most
+        ``max_cells`` measured cells)."""
+        for name, head in self.module.library_heads.items():
+            tensors = self._data.modalities[name]
+            head.initialize(tensors.log_library[tensors.present])
+        if not isinstance(self._data, CellData):  # out of core: no data-driven start
+            return
+        for name, decoder in self.module.decoders.items():
+            if not isinstance(decoder, NegativeBinomialMixtureDecoder):
+                continue
+            tensors = self._data.modalities[name]
+            rows = torch.as_tensor(np.flatnonzero(tensors.present.numpy())[:max_cells])
+            sample = self._data.take(rows)
+            counts = sample.modalities[name].rows(0, rows.shape[0]).to_dense()
+            library = counts.sum(1, keepdim=True).clamp(min=1)
+            decoder.initialize_background((counts + 0.5) / library, sample.batch_index)
 
     @property
     def n_latent(self) -> int:
@@ -486,10 +530,11 @@ class Model:
         adata: ad.AnnData | None = None,
         indices: Sequence[int] | np.ndarray | None = None,
         transform_batch: str | None = None,
-        library_size: float = 1e4,
+        library_size: float | str = 1e4,
         n_samples: int = 1,
         modality: str | None = None,
         refine_steps: int = 0,
+        include_background: bool = True,
     ) -> pd.DataFrame:
         """Denoised expression: ``library_size ×`` the decoder's expression proportions.
 
@@ -502,7 +547,10 @@ class Model:
         transform_batch
             Decode every cell as if it came from this batch (batch-corrected expression).
         library_size
-            Counts per cell of the output (``1e4``: counts per 10k).
+            Counts per cell of the output (``1e4``: counts per 10k), or ``"latent"``: each cell's
+            library size predicted by the modality's library-size head from the latent of its other
+            modalities (:meth:`predict_library_size`; models with several modalities), which gives
+            expected counts also for cells lacking the modality.
         n_samples
             Average over this many posterior samples (1: use the posterior mean).
         modality
@@ -510,12 +558,22 @@ class Model:
         refine_steps
             Refine each cell's posterior by this many gradient steps on its own ELBO first
             (see :meth:`refine`); 0 uses the encoders' posterior.
+        include_background
+            For an ``"nbmixture"`` modality: the mixture's mean (True) or only its foreground part,
+            ``(1 - P(background)) × foreground mean`` (False, totalVI's denoised protein). Other
+            likelihoods ignore it.
 
         Returns
         -------
-        DataFrame cells × features (index: obs names, columns: feature names).
+        DataFrame cells × features (index: obs names, columns: feature names). For ``"nbmixture"``
+        rows sum to about (not exactly) ``library_size``; for ``"bernoulli"`` the values are
+        probabilities times ``library_size`` and for ``"bernoulli_depth"`` Poisson rates per unit depth
+        times ``library_size``.
         """
         _check_positive_int(n_samples, "n_samples")
+        latent_library = isinstance(library_size, str)
+        if latent_library and library_size != "latent":
+            raise InputError(f"library_size must be a number or 'latent', got {library_size!r}.")
         data, index, names = self._cells(adata, indices)
         name = self._modality_name(modality)
         batch_code = None
@@ -529,6 +587,7 @@ class Model:
                     f"({', '.join(categories)})."
                 )
             batch_code = categories.index(str(transform_batch))
+        posteriors = self._posteriors(data, index, refine_steps)
         values = inference.normalized_expression(
             self.module,
             data,
@@ -536,13 +595,54 @@ class Model:
             modality=name,
             transform_batch=batch_code,
             n_samples=n_samples,
-            posteriors=self._posteriors(data, index, refine_steps),
+            posteriors=posteriors,
+            include_background=include_background,
         )
+        scale = self._predicted_library(data, index, name) if latent_library else library_size
         return pd.DataFrame(
-            values * library_size,
+            values * np.reshape(scale, (-1, 1)),
             index=names,
             columns=list(self.registry.modality(name).feature_names),
         )
+
+    def _predicted_library(self, data: CellData, index: np.ndarray, name: str) -> np.ndarray:
+        """Expected library size ``E[l] = exp(mean + variance / 2)`` of ``name`` from the head, ``(n,)``."""
+        if name not in self.module.library_heads:
+            raise InputError(
+                f"Modality {name!r} has no library-size head: only models with several modalities "
+                "(saved by scamort >= 0.2) have one for each library-scaled modality."
+            )
+        mean, variance = inference.library_size(self.module, data, index, modality=name)
+        return np.exp(mean + variance / 2)
+
+    def predict_library_size(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        modality: str | None = None,
+    ) -> np.ndarray:
+        """Each cell's library size of ``modality``, predicted from its other modalities.
+
+        The modality's library-size head reads the posterior mean of the cell's *other* modalities
+        (what is known about a cell lacking ``modality``; the prior's mean for a cell with no other)
+        and gives a log-normal; this returns its expected value, ``exp(mean + variance / 2)``. It is
+        trained on the cells measured in ``modality`` and another modality, from the same input.
+
+        Parameters
+        ----------
+        adata
+            Cells to use (default: the training data); any AnnData/MuData with the model's features.
+        indices
+            Positions of cells within ``adata`` (default all).
+        modality
+            A library-scaled modality of a model with several modalities (default the first).
+
+        Returns
+        -------
+        Array ``(n_cells,)``.
+        """
+        data, index, _ = self._cells(adata, indices)
+        return self._predicted_library(data, index, self._modality_name(modality))
 
     def impute(
         self,
@@ -550,12 +650,15 @@ class Model:
         indices: Sequence[int] | np.ndarray | None = None,
         modality: str | None = None,
         n_samples: int = 1,
+        include_background: bool = True,
     ) -> pd.DataFrame:
         """Expected counts of ``modality`` for every cell, including cells never measured in it.
 
         The posterior uses each cell's measured modalities only, so for a cell without ``modality`` the
         prediction comes from the others (e.g. protein from RNA). Cells that have the modality keep
-        their own library size; the others get the median library size of the cells that have it.
+        their own library size; the others get the library size predicted from their latent by the
+        modality's library-size head (:meth:`predict_library_size`; models saved before the head
+        existed use the median library of the cells that have the modality).
 
         Parameters
         ----------
@@ -567,22 +670,40 @@ class Model:
             The modality to predict (default the first).
         n_samples
             Average over this many posterior samples (1: use the posterior mean).
+        include_background
+            For an ``"nbmixture"`` modality: expected counts with the background (True, the mixture's
+            mean) or the foreground part only (False). Other likelihoods ignore it.
+
         Returns
         -------
-        DataFrame cells × features of ``modality``.
+        DataFrame cells × features of ``modality``: expected counts, or for ``"bernoulli"`` and
+        ``"bernoulli_depth"`` the probability of a 1 (for ``"bernoulli_depth"`` at the cell's depth,
+        predicted where it lacks the modality).
         """
         data, index, _ = self._cells(adata, indices)
         name = self._modality_name(modality)
         proportions = self.get_normalized_expression(
-            adata, indices, library_size=1.0, n_samples=n_samples, modality=name
+            adata,
+            indices,
+            library_size=1.0,
+            n_samples=n_samples,
+            modality=name,
+            include_background=include_background,
         )
+        likelihood = self.registry.modality(name).modality.likelihood
+        if likelihood == "bernoulli":
+            return proportions
         tensors = data.modalities[name]
         present = tensors.present.cpu().numpy()[index]
         library = np.exp(tensors.log_library.cpu().numpy()[index])
-        if self.registry.modality(name).modality.likelihood == "bernoulli":
-            return proportions
-        typical = np.median(np.exp(tensors.log_library.cpu().numpy())[tensors.present.cpu().numpy()])
-        return proportions.mul(np.where(present, library, typical), axis=0)
+        if name in self.module.library_heads:
+            missing = np.zeros(index.size) if present.all() else self._predicted_library(data, index, name)
+        else:
+            missing = np.median(np.exp(tensors.log_library.cpu().numpy())[tensors.present.cpu().numpy()])
+        depth = np.where(present, library, missing)
+        if likelihood == "bernoulli_depth":
+            return -np.expm1(-proportions.mul(depth, axis=0))
+        return proportions.mul(depth, axis=0)
 
     def get_elbo(
         self,

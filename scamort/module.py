@@ -11,8 +11,22 @@ from torch import nn
 from scamort.data.cell_data import Minibatch
 from scamort.distributions import CountDistribution
 from scamort.nn import CountDecoder, GaussianEncoder, product_of_experts
+from scamort.nn.decoder import DepthBernoulliDecoder, NegativeBinomialMixtureDecoder
+from scamort.nn.library import LibraryHead
+from scamort.nn.product_of_experts import MIN_LOG_VARIANCE
 
-__all__ = ["LossTerms", "ModuleConfig", "Posterior", "VAE", "gaussian_kl"]
+__all__ = [
+    "LIBRARY_LIKELIHOODS",
+    "LossTerms",
+    "ModuleConfig",
+    "Posterior",
+    "VAE",
+    "gaussian_kl",
+    "jeffreys_divergence",
+]
+
+#: Likelihoods whose decoders scale by the cell's library size (and so get a library-size head).
+LIBRARY_LIKELIHOODS = ("nb", "zinb", "poisson", "nbmixture", "bernoulli_depth")
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,17 @@ class ModuleConfig:
         Category counts of decoder covariates (batch first when there is a batch key).
     n_continuous
         Number of continuous covariates.
+    alignment_weight
+        During training, add ``alignment_weight ×`` the symmetric KL (Jeffreys divergence) between
+        the single-modality posteriors (each expert with the prior) of every cell measured in
+        several modalities, scaled by the KL warm-up weight like the KL. It pulls each expert's
+        posterior towards where the others put the cell, so cells measured in one modality land
+        among paired cells. Not part of the ELBO (validation and every query ignore it).
+    library_heads
+        With several modalities, fit a :class:`scamort.nn.library.LibraryHead` per library-scaled
+        modality (``LIBRARY_LIKELIHOODS``): a Gaussian over the cell's log library size given the
+        (detached) posterior mean of its other modalities, used to impute counts for cells lacking
+        the modality.
     """
 
     modalities: tuple[tuple[str, int, str], ...]
@@ -50,6 +75,8 @@ class ModuleConfig:
     n_batch: int = 1
     categorical_sizes: tuple[int, ...] = field(default_factory=tuple)
     n_continuous: int = 0
+    alignment_weight: float = 0.0
+    library_heads: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +118,28 @@ def gaussian_kl(posterior: Posterior) -> torch.Tensor:
     return 0.5 * (posterior.mean.square() + posterior.log_variance.exp() - 1 - posterior.log_variance).sum(-1)
 
 
+def jeffreys_divergence(first: Posterior, second: Posterior) -> torch.Tensor:
+    """Symmetric KL, ``KL(first || second) + KL(second || first)``, per cell, shape ``(batch,)``.
+
+    For diagonal Gaussians: ``1/2 sum_d [(v1 + (m1 - m2)^2) / v2 + (v2 + (m1 - m2)^2) / v1 - 2]``.
+    """
+    squared = (first.mean - second.mean).square()
+    difference = first.log_variance - second.log_variance
+    return 0.5 * (
+        (difference.exp() + squared * torch.exp(-second.log_variance))
+        + ((-difference).exp() + squared * torch.exp(-first.log_variance))
+        - 2
+    ).sum(-1)
+
+
+def single_expert_posteriors(mean: torch.Tensor, log_variance: torch.Tensor) -> Posterior:
+    """Each expert multiplied by the prior alone: ``(n_experts, batch, n_latent)`` means and
+    log-variances of ``N(mu_m, var_m) × N(0, I)`` (normalised), as :func:`product_of_experts` would give
+    for a cell with that one modality."""
+    precision = torch.exp(-log_variance.clamp(min=MIN_LOG_VARIANCE))
+    return Posterior(precision * mean / (1 + precision), -torch.log1p(precision))
+
+
 @dataclass(frozen=True)
 class LossTerms:
     """Per-cell ELBO terms.
@@ -101,10 +150,18 @@ class LossTerms:
         Modality name -> ``log p(x_m | z)`` per cell, shape ``(batch,)``, zero for absent modalities.
     kl
         KL(q(z|x) || p(z)) per cell, shape ``(batch,)``.
+    alignment
+        Training only (else None): the weighted Jeffreys divergence between single-modality
+        posteriors, per cell ``(batch,)`` (see :class:`ModuleConfig`); weighted like the KL.
+    library
+        Training only (else None): the library-size heads' negative log-likelihood per cell
+        ``(batch,)``, summed over modalities; it only reaches the heads' weights.
     """
 
     reconstruction: dict[str, torch.Tensor]
     kl: torch.Tensor
+    alignment: torch.Tensor | None = None
+    library: torch.Tensor | None = None
 
     @property
     def total_reconstruction(self) -> torch.Tensor:
@@ -113,8 +170,15 @@ class LossTerms:
         return terms[0] if len(terms) == 1 else torch.stack(terms).sum(0)
 
     def elbo(self, kl_weight: float = 1.0) -> torch.Tensor:
-        """Per-cell (weighted) ELBO, shape ``(batch,)``."""
-        return self.total_reconstruction - kl_weight * self.kl
+        """Per-cell (weighted) ELBO, shape ``(batch,)``; during training minus the extra terms
+        (``kl_weight × alignment + library``), which makes it the per-cell training objective. Outside
+        training the extra terms are None and this is the ELBO."""
+        out = self.total_reconstruction - kl_weight * self.kl
+        if self.alignment is not None:
+            out = out - kl_weight * self.alignment
+        if self.library is not None:
+            out = out - self.library
+        return out
 
 
 class VAE(nn.Module):
@@ -133,17 +197,18 @@ class VAE(nn.Module):
             self.encoders[name] = GaussianEncoder(
                 n_features, config.n_latent, config.n_hidden, config.n_layers, config.dropout_rate
             )
-            self.decoders[name] = CountDecoder(
-                config.n_latent,
-                n_features,
-                likelihood=likelihood,
-                dispersion=config.dispersion,
-                n_batch=config.n_batch,
-                n_hidden=config.n_hidden,
-                n_layers=config.n_layers,
-                categorical_sizes=config.categorical_sizes,
-                n_continuous=config.n_continuous,
-            )
+            self.decoders[name] = _decoder(config, n_features, likelihood)
+        self.library_heads = nn.ModuleDict()
+        if config.library_heads and len(config.modalities) > 1:
+            for name, _, likelihood in config.modalities:
+                if likelihood in LIBRARY_LIKELIHOODS:
+                    self.library_heads[name] = LibraryHead(
+                        config.n_latent,
+                        config.n_hidden,
+                        config.n_batch,
+                        config.categorical_sizes,
+                        config.n_continuous,
+                    )
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -158,26 +223,33 @@ class VAE(nn.Module):
     ) -> Posterior:
         """q(z | x): the product of the prior and the experts of ``modalities`` (default all) that
         each cell has; ``expert_mask`` ``(n_modalities, batch)`` overrides which experts are used."""
+        mean, log_variance, present = self.experts(batch, modalities)
+        mask = present if expert_mask is None else expert_mask
+        return Posterior(*product_of_experts(mean, log_variance, mask))
+
+    def experts(
+        self, batch: Minibatch, modalities: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoders' Gaussian experts of ``modalities`` (default all): means and log-variances
+        ``(n_modalities, batch, n_latent)`` and which cells have each modality ``(n_modalities, batch)``."""
         names = self.modality_names if modalities is None else tuple(modalities)
         means, log_variances = [], []
         for name in names:
             mean, log_variance = self.encoders[name](batch.modalities[name].counts)
             means.append(mean)
             log_variances.append(log_variance)
-        if expert_mask is None:
-            expert_mask = torch.stack([batch.modalities[name].present for name in names])
-        mean, log_variance = product_of_experts(torch.stack(means), torch.stack(log_variances), expert_mask)
-        return Posterior(mean, log_variance)
+        present = torch.stack([batch.modalities[name].present for name in names])
+        return torch.stack(means), torch.stack(log_variances), present
 
-    def _dropped_expert_mask(self, batch: Minibatch) -> torch.Tensor | None:
-        """Training-time expert mask with modality dropout (see :class:`ModuleConfig`), or None."""
+    def _dropped_expert_mask(self, present: torch.Tensor) -> torch.Tensor | None:
+        """Training-time expert mask with modality dropout (see :class:`ModuleConfig`), or None;
+        ``present`` is ``(n_modalities, batch)``."""
         if not self.training or self.config.modality_dropout <= 0 or len(self.modality_names) < 2:
             return None
-        present = torch.stack([batch.modalities[name].present for name in self.modality_names])
         weights = present.T.to(torch.float32) + 1e-12
         chosen = torch.multinomial(weights, 1).squeeze(1)
         single = torch.nn.functional.one_hot(chosen, present.shape[0]).T.bool() & present
-        dropped = torch.rand(batch.size, device=present.device) < self.config.modality_dropout
+        dropped = torch.rand(present.shape[1], device=present.device) < self.config.modality_dropout
         return torch.where(dropped, single, present)
 
     def generative(self, z: torch.Tensor, batch: Minibatch) -> dict[str, CountDistribution]:
@@ -212,8 +284,95 @@ class VAE(nn.Module):
         posterior: Posterior | None = None,
         generator: torch.Generator | None = None,
     ) -> LossTerms:
-        """One-sample ELBO terms per cell (``posterior`` defaults to the encoders')."""
-        if posterior is None:
-            posterior = self.posterior(batch, expert_mask=self._dropped_expert_mask(batch))
+        """One-sample ELBO terms per cell (``posterior`` defaults to the encoders').
+
+        While training with the encoders' posterior, the record also carries the alignment term and
+        the library-size heads' loss (see :class:`LossTerms`)."""
+        if posterior is not None:
+            z = posterior.rsample(generator)
+            return LossTerms(self.reconstruction(z, batch), gaussian_kl(posterior))
+        mean, log_variance, present = self.experts(batch)
+        mask = self._dropped_expert_mask(present)
+        posterior = Posterior(*product_of_experts(mean, log_variance, present if mask is None else mask))
         z = posterior.rsample(generator)
-        return LossTerms(self.reconstruction(z, batch), gaussian_kl(posterior))
+        terms = LossTerms(self.reconstruction(z, batch), gaussian_kl(posterior))
+        if not self.training:
+            return terms
+        alignment = self.alignment(mean, log_variance, present) if self.config.alignment_weight > 0 else None
+        library = self.library_loss(mean, log_variance, present, batch) if len(self.library_heads) else None
+        return LossTerms(terms.reconstruction, terms.kl, alignment, library)
+
+    def alignment(
+        self, mean: torch.Tensor, log_variance: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor:
+        """``alignment_weight × sum_{m < m'} J(q_m, q_m')`` over pairs of modalities a cell has, where
+        ``q_m`` is expert m with the prior; experts as from :meth:`experts`. Shape ``(batch,)``."""
+        singles = single_expert_posteriors(mean, log_variance)
+        total = torch.zeros(mean.shape[1], dtype=mean.dtype, device=mean.device)
+        for i in range(mean.shape[0]):
+            for j in range(i + 1, mean.shape[0]):
+                divergence = jeffreys_divergence(
+                    Posterior(singles.mean[i], singles.log_variance[i]),
+                    Posterior(singles.mean[j], singles.log_variance[j]),
+                )
+                total = total + torch.where(present[i] & present[j], divergence, torch.zeros_like(divergence))
+        return self.config.alignment_weight * total
+
+    def library_loss(
+        self, mean: torch.Tensor, log_variance: torch.Tensor, present: torch.Tensor, batch: Minibatch
+    ) -> torch.Tensor:
+        """Negative log-likelihood of the observed log library sizes under the library-size heads,
+        ``(batch,)``, summed over the modalities with a head.
+
+        Each head learns modality m's library from the posterior mean of the *other* modalities
+        (:meth:`library_latent`), the situation in which it is used: a cell lacking m. Cells with m
+        and at least one other modality count. The latent is detached, so only the heads learn."""
+        total = torch.zeros(mean.shape[1], dtype=mean.dtype, device=mean.device)
+        for name, head in self.library_heads.items():
+            position = self.modality_names.index(name)
+            others = present.clone()
+            others[position] = False
+            z, _ = product_of_experts(mean, log_variance, others)
+            nll = head.negative_log_likelihood(
+                z,
+                batch.modalities[name].log_library,
+                batch_index=batch.batch_index,
+                categorical=batch.categorical,
+                continuous=batch.continuous,
+            )
+            counted = present[position] & others.any(0)
+            total = total + torch.where(counted, nll, torch.zeros_like(nll))
+        return total
+
+    def library_latent(self, batch: Minibatch, modality: str) -> torch.Tensor:
+        """What ``modality``'s library-size head reads: the posterior mean from the cell's other
+        modalities (the prior's mean, 0, for a cell with no other), ``(batch, n_latent)``."""
+        others = tuple(name for name in self.modality_names if name != modality)
+        return self.posterior(batch, others).mean
+
+    def library(self, batch: Minibatch, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted mean and log-variance of ``modality``'s log library for each cell of ``batch``
+        (from :meth:`library_latent`), each ``(batch,)``."""
+        return self.library_heads[modality](
+            self.library_latent(batch, modality),
+            batch_index=batch.batch_index,
+            categorical=batch.categorical,
+            continuous=batch.continuous,
+        )
+
+
+def _decoder(config: ModuleConfig, n_features: int, likelihood: str) -> nn.Module:
+    """The decoder class of ``likelihood``, built with the config's shape and covariates."""
+    options = {
+        "dispersion": config.dispersion,
+        "n_batch": config.n_batch,
+        "n_hidden": config.n_hidden,
+        "n_layers": config.n_layers,
+        "categorical_sizes": config.categorical_sizes,
+        "n_continuous": config.n_continuous,
+    }
+    if likelihood == "nbmixture":
+        return NegativeBinomialMixtureDecoder(config.n_latent, n_features, **options)
+    if likelihood == "bernoulli_depth":
+        return DepthBernoulliDecoder(config.n_latent, n_features, **options)
+    return CountDecoder(config.n_latent, n_features, likelihood=likelihood, **options)

@@ -8,8 +8,14 @@ import scipy.stats as st
 import torch
 
 from scamort.data.sparse_batch import SparseBatch
-from scamort.distributions import Bernoulli, NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
-from scamort.nb_rows import negative_binomial_rows
+from scamort.distributions import (
+    Bernoulli,
+    NegativeBinomial,
+    Poisson,
+    SoftmaxNegativeBinomial,
+    ZeroInflatedNegativeBinomial,
+)
+from scamort.nb_rows import negative_binomial_rows, softmax_negative_binomial_rows
 
 # (mu, theta) pairs spanning tiny to huge means and dispersions.
 NB_CASES = [(0.01, 0.05), (0.5, 1.0), (3.0, 10.0), (50.0, 0.3), (1e4, 1e3), (2.0, 1e5)]
@@ -100,6 +106,50 @@ def test_negative_binomial_rows_gradients(per_cell_theta: bool) -> None:
     fast_grads = torch.autograd.grad(fast(log_mu, log_theta).sum(), (log_mu, log_theta))
     for ours, reference in zip(fast_grads, dense_grads, strict=True):
         torch.testing.assert_close(ours, reference)
+
+
+@pytest.mark.parametrize("per_cell_theta", [False, True])
+def test_softmax_negative_binomial_equals_the_dense_formula(per_cell_theta: bool) -> None:
+    """The fused softmax + NB kernel: same values and gradients as autograd on the dense formula."""
+    _, log_theta, counts, logits = _random_case(per_cell_theta, seed=2)
+    logits = 4 * logits  # a wide range of proportions, some tiny
+    log_library = torch.log(counts.sum(1).clamp(min=1)) + 0.5
+    batch = SparseBatch.from_dense(counts)
+    inputs = (logits.requires_grad_(), log_library.requires_grad_(), log_theta.requires_grad_())
+
+    def fused(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return softmax_negative_binomial_rows(a, b, c, batch.row, batch.col, batch.values)
+
+    def dense(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        log_mu = torch.log_softmax(a, -1) + b.unsqueeze(-1)
+        return NegativeBinomial(log_mu, c).log_prob(counts).sum(-1) + torch.lgamma(counts + 1).sum(-1)
+
+    assert torch.autograd.gradcheck(fused, inputs)
+    torch.testing.assert_close(fused(*inputs), dense(*inputs), rtol=1e-10, atol=1e-10)
+    weights = torch.rand(counts.shape[0], dtype=torch.float64)
+    ours = torch.autograd.grad((fused(*inputs) * weights).sum(), inputs)
+    reference = torch.autograd.grad((dense(*inputs) * weights).sum(), inputs)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b)
+    distribution = SoftmaxNegativeBinomial(logits, log_library, log_theta)
+    torch.testing.assert_close(distribution.log_prob_rows(batch), distribution.log_prob(counts).sum(-1))
+    torch.testing.assert_close(distribution.mean.sum(-1), log_library.exp())
+
+
+def test_softmax_negative_binomial_is_finite_for_extreme_logits() -> None:
+    """A gene whose softmax share underflows in float32 but has a count: finite, matching float64."""
+    logits = torch.tensor([[0.0, -120.0, 5.0]])
+    counts = torch.tensor([[3.0, 1.0, 0.0]])
+    batch = SparseBatch.from_dense(counts)
+    log_library, log_theta = torch.tensor([2.0]), torch.zeros(3)
+    value = SoftmaxNegativeBinomial(logits, log_library, log_theta).log_prob_rows(batch)
+    as_double = SoftmaxNegativeBinomial(logits.double(), log_library.double(), log_theta.double())
+    assert torch.isfinite(value).all()
+    torch.testing.assert_close(value.double(), as_double.log_prob_rows(_double(batch)), rtol=1e-5, atol=1e-3)
+
+
+def _double(batch: SparseBatch) -> SparseBatch:
+    return SparseBatch.from_dense(batch.to_dense().double())
 
 
 def test_samples_have_the_right_moments() -> None:

@@ -49,7 +49,7 @@ def encode_cells(
         BackedCellData.check_registry(registry)
         _refuse_unaligned_backed(data, registry)
         modality = registry.modalities[0].modality
-        check_backed_counts(data, binary=modality.likelihood == "bernoulli" and not modality.binarize)
+        check_backed_counts(data, binary=modality.is_binary and not modality.binarize)
         return BackedCellData.create(data, registry, _to_cell_data(data, registry, {}, {}))
     if read is None:
         read = read_modalities(data, {m.name: m.modality for m in registry.modalities})

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 
 from scamort.errors import InputError
 
-__all__ = ["LIKELIHOODS", "Modality"]
+__all__ = ["BINARY_LIKELIHOODS", "LIKELIHOODS", "Modality"]
 
 #: Likelihoods a modality may use.
-LIKELIHOODS = ("nb", "zinb", "poisson", "bernoulli")
+LIKELIHOODS = ("nb", "zinb", "poisson", "nbmixture", "bernoulli", "bernoulli_depth")
+
+#: Likelihoods of 0/1 values (counts need ``binarize=True``).
+BINARY_LIKELIHOODS = ("bernoulli", "bernoulli_depth")
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,15 @@ class Modality:
         Read the counts from ``.obsm[obsm_key]`` instead (e.g. CITE-seq protein counts stored next to
         the RNA); a DataFrame's columns name the features.
     likelihood
-        One of ``"nb"``, ``"zinb"``, ``"poisson"`` (counts) or ``"bernoulli"`` (0/1 values).
+        Counts: ``"nb"`` (negative binomial), ``"zinb"`` (zero-inflated NB), ``"poisson"`` or
+        ``"nbmixture"`` (a background/foreground NB mixture as in totalVI, for protein: each count is
+        ambient background or foreground, see
+        :class:`scamort.nn.decoder.NegativeBinomialMixtureDecoder`). 0/1 values: ``"bernoulli"``
+        (probabilities from z alone) or ``"bernoulli_depth"`` (``P(x = 1) = 1 - exp(-d × rate)``
+        with ``d`` the cell's number of nonzero features, so depth enters like a library size, see
+        :class:`scamort.nn.decoder.DepthBernoulliDecoder`).
     binarize
-        Turn counts into presence (``x > 0``) before modelling; for accessibility with ``"bernoulli"``.
+        Turn counts into presence (``x > 0``) before modelling; for accessibility with a Bernoulli.
     present_key
         Optional boolean ``.obs`` column: ``False`` marks cells that were not measured in this
         modality (their counts are ignored). In a MuData, cells absent from the modality's AnnData are
@@ -46,6 +55,11 @@ class Modality:
             )
         if self.layer is not None and self.obsm_key is not None:
             raise InputError("Give a modality either layer= or obsm_key=, not both.")
+
+    @property
+    def is_binary(self) -> bool:
+        """Whether the likelihood models 0/1 values (a Bernoulli)."""
+        return self.likelihood in BINARY_LIKELIHOODS
 
     @property
     def source(self) -> str:

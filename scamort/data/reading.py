@@ -99,7 +99,7 @@ def read_counts(
         where=where,
         cells=adata.obs_names,
         features=names,
-        binary=modality.likelihood == "bernoulli" and not modality.binarize,
+        binary=modality.is_binary and not modality.binarize,
     )
     return counts.astype(np.float32), names, where
 
