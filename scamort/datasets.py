@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 
-__all__ = ["bmmc_cite", "bundled_path", "worm_neurons"]
+if TYPE_CHECKING:
+    import mudata
+
+__all__ = ["bmmc_cite", "bmmc_multiome", "bundled_path", "worm_neurons"]
 
 
 def bundled_path(filename: str) -> Path:
@@ -43,3 +48,23 @@ def bmmc_cite() -> ad.AnnData:
     ``phase``. Source: openproblems-bio/neurips2021_multimodal_viash (MIT).
     """
     return ad.read_h5ad(bundled_path("bmmc_cite_starter.rna_protein.h5ad"))
+
+
+def bmmc_multiome() -> mudata.MuData:
+    """Bone-marrow 10x Multiome (NeurIPS 2021, GSE194122 starter subset): 500 cells, paired, raw counts.
+
+    A MuData with modalities ``"rna"`` (600 genes) and ``"atac"`` (600 peaks, integer fragment counts,
+    not binarised), the same cells in the same order. ``obs`` (of the MuData and of each modality):
+    ``cell_type`` (21) and ``batch`` (2 donors/sites). The peaks carry little cell-type signal on their
+    own. Source: openproblems-bio/neurips2021_multimodal_viash (MIT).
+    """
+    import mudata
+
+    rna = ad.read_h5ad(bundled_path("bmmc_multiome_starter.rna.h5ad"))
+    atac = ad.read_h5ad(bundled_path("bmmc_multiome_starter.atac.h5ad"))
+    with warnings.catch_warnings():  # mudata's notice about its future obs/var update behaviour
+        warnings.simplefilter("ignore")
+        mdata = mudata.MuData({"rna": rna, "atac": atac})
+        for column in ("cell_type", "batch"):
+            mdata.obs[column] = rna.obs[column].to_numpy()
+    return mdata

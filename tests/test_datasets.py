@@ -37,6 +37,17 @@ def test_bmmc_cite_has_rna_protein_and_batches() -> None:
     assert adata.obs["batch"].nunique() == 2 and adata.obs["cell_type"].nunique() == 41
 
 
+def test_bmmc_multiome_is_a_paired_mudata_of_rna_and_atac_counts() -> None:
+    mdata = scamort.datasets.bmmc_multiome()
+    assert set(mdata.mod) == {"rna", "atac"}
+    rna, atac = mdata.mod["rna"], mdata.mod["atac"]
+    assert rna.shape == (500, 600) and atac.shape == (500, 600)
+    assert (rna.obs_names == atac.obs_names).all() and (mdata.obs_names == rna.obs_names).all()
+    assert _is_raw_counts(rna.X) and _is_raw_counts(atac.X)  # fragment counts, not binarised
+    assert mdata.obs["cell_type"].nunique() == 21 and mdata.obs["batch"].nunique() == 2
+    assert (mdata.obs["cell_type"].to_numpy() == rna.obs["cell_type"].to_numpy()).all()
+
+
 def test_datasets_load_from_an_installed_wheel(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
@@ -46,13 +57,14 @@ def test_datasets_load_from_an_installed_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "scamort/_bundled/worm_neuron_cao2017_4186.h5ad" in names
     assert "scamort/_bundled/README.md" in names
+    assert "scamort/_bundled/bmmc_multiome_starter.atac.h5ad" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     script = (
         "import scamort, pathlib; "
         "p = scamort.datasets.bundled_path('bmmc_cite_starter.rna_protein.h5ad'); "
         "assert pathlib.Path(scamort.__file__).parent in p.parents, p; "
-        "print(scamort.datasets.bmmc_cite().shape)"
+        "print(scamort.datasets.bmmc_cite().shape, scamort.datasets.bmmc_multiome().shape)"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -62,4 +74,4 @@ def test_datasets_load_from_an_installed_wheel(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    assert "(600, 1000)" in result.stdout
+    assert "(600, 1000) (500, 1200)" in result.stdout
