@@ -233,6 +233,16 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         help=".obsm key for the embedding (default: X_scamort)",
     )
     parser.add_argument(
+        "--refine-steps",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help=(
+            "refine each cell's posterior by N gradient steps on its own ELBO before taking its mean "
+            "(semi-amortized inference; default 0: the encoders' posterior)"
+        ),
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace --out (and --model-dir) if they exist"
     )
 
@@ -259,6 +269,17 @@ def _modality(text: str) -> tuple[str, object]:
         return name, Modality(**options)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _non_negative_int(text: str) -> int:
+    """Parse a whole number >= 0 from the command line."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -400,7 +421,7 @@ def _run_fit(args: argparse.Namespace) -> None:
     )
     history = model.train(max_epochs=args.epochs, progress_bar=not args.no_progress, device=args.device)
     logger.info("Trained for %d epochs.", len(history))
-    embed(adata, model, key_added=args.key_added)
+    embed(adata, model, key_added=args.key_added, refine_steps=args.refine_steps)
     _write_result(adata, args.out, key=args.key_added)
     if args.model_dir is not None:
         model.save(args.model_dir, overwrite=args.overwrite)
@@ -418,7 +439,7 @@ def _run_embed(args: argparse.Namespace) -> None:
     adata = _read_h5ad(args.input)
     _check_output_kind(adata, args.out)
     model = scamort.Model.load(args.model_dir, adata)
-    embed(adata, model, key_added=args.key_added)
+    embed(adata, model, key_added=args.key_added, refine_steps=args.refine_steps)
     _write_result(adata, args.out, key=args.key_added)
 
 
@@ -433,6 +454,9 @@ def _read_h5ad(path: Path) -> AnnData:
     if path.suffix.lower() == ".h5mu":
         import mudata
 
+        # The command line owns its process: adopt mudata's coming default (no pulling of modality
+        # columns into .obs on update) instead of printing its FutureWarning on every read and write.
+        mudata.set_options(pull_on_update=False)
         return mudata.read_h5mu(path)
     adata = anndata.read_h5ad(path)
     logger.info("Read %s: %d cells x %d genes.", path, adata.n_obs, adata.n_vars)

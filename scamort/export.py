@@ -36,7 +36,9 @@ class _LatentModel(Protocol):
     init_params: Mapping[str, Any]
     is_trained: bool
 
-    def get_latent_representation(self, adata: AnnData | None = None) -> np.ndarray: ...
+    def get_latent_representation(
+        self, adata: AnnData | None = None, *, refine_steps: int = 0
+    ) -> np.ndarray: ...
 
 
 def embed(
@@ -44,13 +46,14 @@ def embed(
     model: _LatentModel,
     *,
     key_added: str = "X_scamort",
+    refine_steps: int = 0,
     copy: bool = False,
 ) -> AnnData | None:
     """Store the model's latent representation of each cell in ``adata``.
 
     The representation is the mean of the approximate posterior q(z | x) for every cell of
-    ``adata`` (training cells or new query cells with the same genes). Afterwards
-    ``sc.pp.neighbors(adata, use_rep=key_added)`` builds a neighbour graph on it.
+    ``adata`` (training cells or new query cells with the same genes), optionally refined per cell
+    first. Afterwards ``sc.pp.neighbors(adata, use_rep=key_added)`` builds a neighbour graph on it.
 
     Parameters
     ----------
@@ -60,6 +63,9 @@ def embed(
         A trained :class:`scamort.Model`.
     key_added
         Key under which the embedding and its parameters are stored.
+    refine_steps
+        Refine each cell's posterior by this many gradient steps on its own ELBO before taking its
+        mean (semi-amortized inference, see :meth:`scamort.Model.refine`); 0 uses the encoders'.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -72,14 +78,14 @@ def embed(
         ``.obsm[key_added]``
             Posterior means, shape ``(n_cells, n_latent)``, float32.
         ``.uns[key_added]["params"]``
-            ``{"representation": "posterior_mean", "scamort_version": ...,
+            ``{"representation": "posterior_mean", "refine_steps": ..., "scamort_version": ...,
             "init_params": {...}}``; ``init_params`` holds the model's constructor
             arguments (those left at ``None`` are omitted: older h5ad writers cannot store
             ``None``).
     """
     if not model.is_trained:
         logger.warning("Embedding with a model that has not been trained; call model.train() first.")
-    latent = np.asarray(model.get_latent_representation(adata), dtype=np.float32)
+    latent = np.asarray(model.get_latent_representation(adata, refine_steps=refine_steps), dtype=np.float32)
     if latent.ndim != 2 or latent.shape[0] != adata.n_obs:
         msg = (
             f"The model returned a representation of shape {latent.shape}, "
@@ -88,15 +94,16 @@ def embed(
         raise ValueError(msg)
     target = adata.copy() if copy else adata
     target.obsm[key_added] = latent
-    target.uns[key_added] = {"params": _embedding_params(model)}
+    target.uns[key_added] = {"params": _embedding_params(model, refine_steps)}
     logger.info("Stored a %d-dimensional embedding in .obsm[%r].", latent.shape[1], key_added)
     return target if copy else None
 
 
-def _embedding_params(model: _LatentModel) -> dict[str, Any]:
+def _embedding_params(model: _LatentModel, refine_steps: int) -> dict[str, Any]:
     """The ``.uns[key]["params"]`` record for an embedding made with ``model``."""
     return {
         "representation": "posterior_mean",
+        "refine_steps": int(refine_steps),
         "scamort_version": __version__,
         "init_params": _drop_none(dict(model.init_params)),
     }

@@ -66,9 +66,10 @@ def test_help_lists_commands_and_examples(capsys: pytest.CaptureFixture[str]) ->
                 "--model-dir",
                 "--key-added",
                 "--no-progress",
+                "--refine-steps",
             ],
         ),
-        ("embed", ["MODEL_DIR", "INPUT", "--out", "--key-added"]),
+        ("embed", ["MODEL_DIR", "INPUT", "--out", "--key-added", "--refine-steps"]),
     ],
 )
 def test_command_help_mentions_options(
@@ -161,6 +162,35 @@ def test_fit_then_embed_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     table = tmp_path / "query.csv"
     assert main(["embed", str(model_dir), str(query), "--out", str(table)]) == 0
     assert pd.read_csv(table, index_col=0).shape == (40, 3)
+
+
+def test_embed_with_refinement_writes_the_refined_means(tmp_path: Path) -> None:
+    """``--refine-steps N`` embeds each cell's posterior after N refinement steps, and says so in .uns."""
+    import scamort
+
+    source = write_counts(tmp_path / "in.h5ad")
+    model_dir = tmp_path / "model"
+    assert (
+        main(["fit", str(source), "--out", str(tmp_path / "fit.h5ad"), "--model-dir", str(model_dir), *FAST])
+        == 0
+    )
+    query = write_counts(tmp_path / "query.h5ad", n_cells=40, seed=1)
+    plain, refined = tmp_path / "plain.h5ad", tmp_path / "refined.h5ad"
+    assert main(["embed", str(model_dir), str(query), "--out", str(plain)]) == 0
+    assert main(["embed", str(model_dir), str(query), "--out", str(refined), "--refine-steps", "5"]) == 0
+    plain_data, refined_data = ad.read_h5ad(plain), ad.read_h5ad(refined)
+    assert plain_data.uns["X_scamort"]["params"]["refine_steps"] == 0
+    assert refined_data.uns["X_scamort"]["params"]["refine_steps"] == 5
+    model = scamort.Model.load(model_dir, ad.read_h5ad(query))
+    expected = model.get_latent_representation(ad.read_h5ad(query), refine_steps=5)
+    np.testing.assert_allclose(refined_data.obsm["X_scamort"], expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(refined_data.obsm["X_scamort"] - plain_data.obsm["X_scamort"]).max() > 1e-4
+
+
+def test_negative_refine_steps_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_counts(tmp_path / "in.h5ad")
+    assert main(["fit", str(source), "--out", str(tmp_path / "o.h5ad"), "--refine-steps", "-1"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--refine-steps", "expected a whole number >= 0")
 
 
 def test_embed_missing_model_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -96,6 +98,30 @@ def test_unknown_mudata_modality_is_one_line(tmp_path: Path, capsys) -> None:
     )
     err = capsys.readouterr().err
     assert code == 2 and "Modality 'atac' is not in the MuData (it has rna)" in err
+
+
+def test_mudata_errors_in_a_real_process_are_one_line(tmp_path: Path) -> None:
+    """Reading an .h5mu prints no mudata FutureWarning: the error is the only line on stderr."""
+    md.MuData({"rna": make_counts(n_cells=30)}).write(tmp_path / "m.h5mu")
+    command = [
+        "fit",
+        str(tmp_path / "m.h5mu"),
+        "--out",
+        str(tmp_path / "o.h5mu"),
+        "--modality",
+        "atac=bernoulli",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "scamort.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "scamort: error: Modality 'atac' is not in the MuData (it has rna)."
+    ], result.stderr
 
 
 def test_sparse_protein_counts_work_too(tmp_path: Path) -> None:
