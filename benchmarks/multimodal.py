@@ -9,12 +9,15 @@ Three parts, all in one process, one after the other (never two torch processes 
     posterior mean, ``get_latent_representation()``'s default): kNN (k=15) label transfer from paired
     cells to each unpaired group, the paired cells' leave-one-out kNN accuracy, each group's fraction
     of its 15 neighbours from its own group (1/3 = perfectly mixed) and Leiden ARI/NMI vs
-    ``cell_type``. Side by side: the same model without the alignment term, the model on the fully
-    paired data and an RNA-only model on all cells' RNA (scored with the same group labels).
+    ``cell_type``. Side by side: the same model without the alignment term and without adversarial
+    mixing, the model on the fully paired data and an RNA-only model on all cells' RNA (scored with
+    the same group labels).
 ``multiome``
     BMMC 10x Multiome (500 cells, 21 types, 600 genes + 600 peaks): the same with ATAC instead of
     protein, ATAC modelled as a depth-aware Bernoulli (``"bernoulli_depth"``), a plain Bernoulli (both
-    binarised) and a Poisson on fragment counts; scvi-tools MULTIVI on the same unpaired cells
+    binarised) and a Poisson on fragment counts, ablations as for ``cite``, a paired model with 5
+    latent dimensions private to ATAC (``n_private_latent={"atac": 5}``); scvi-tools MULTIVI on the
+    same unpaired cells
     (missing modalities as all-zero rows, its own convention), with its default sizes and with
     scamort's. Also what a weak expert does to the product (posterior variance, KL to the prior,
     spread of the means), with a plot.
@@ -85,7 +88,7 @@ from sklearn.neighbors import NearestNeighbors
 
 import scamort
 from scamort import inference
-from scamort.model import DEFAULT_ALIGNMENT_WEIGHT
+from scamort.model import DEFAULT_ALIGNMENT_WEIGHT, DEFAULT_MIXING_WEIGHT, DEFAULT_N_PRIVATE_LATENT
 
 MULTIOME_RNA = Path("/work/shared/data/bmmc_multiome_starter.rna.h5ad")
 MULTIOME_ATAC = Path("/work/shared/data/bmmc_multiome_starter.atac.h5ad")
@@ -112,6 +115,10 @@ class Settings:
         Probability that a cell's training posterior uses one random measured expert only.
     alignment_weight
         Weight of the symmetric KL between single-modality posteriors of paired cells.
+    mixing_weight
+        Weight of the encoders' loss for fooling the classifier of measured-modality groups.
+    n_private_latent
+        Latent dimensions private to each modality.
     seed
         Seed of the cell split into groups, of the model and of clustering.
     """
@@ -123,6 +130,8 @@ class Settings:
     n_hidden: int = 128
     modality_dropout: float = 0.3
     alignment_weight: float = DEFAULT_ALIGNMENT_WEIGHT
+    mixing_weight: float = DEFAULT_MIXING_WEIGHT
+    n_private_latent: int | Mapping[str, int] = DEFAULT_N_PRIVATE_LATENT
     seed: int = 0
 
 
@@ -313,7 +322,15 @@ def fit_scamort(
     data: Any, modalities: Mapping[str, scamort.Modality], settings: Settings
 ) -> tuple[scamort.Model, float]:
     """Build and train one scamort model; returns it and its training seconds."""
-    extra = {"alignment_weight": settings.alignment_weight} if len(modalities) > 1 else {}
+    extra = (
+        {
+            "alignment_weight": settings.alignment_weight,
+            "mixing_weight": settings.mixing_weight,
+            "n_private_latent": settings.n_private_latent,
+        }
+        if len(modalities) > 1
+        else {}
+    )
     model = scamort.Model(
         data,
         modalities=dict(modalities),
@@ -573,6 +590,11 @@ def _ablation(settings: Settings) -> dict[str, Any]:
     return {"alignment_weight": 0.0} if settings.alignment_weight > 0 else {}
 
 
+def _mixing_ablation(settings: Settings) -> dict[str, Any]:
+    """The settings change that turns adversarial mixing off (nothing when it is off already)."""
+    return {"mixing_weight": 0.0} if settings.mixing_weight > 0 else {}
+
+
 def cite_rows(settings: Settings, full: bool) -> list[Row]:
     """Models of part (a): the unpaired model, and with ``full`` its ablation and the baselines."""
     nb = scamort.Modality(likelihood="nb")
@@ -580,6 +602,8 @@ def cite_rows(settings: Settings, full: bool) -> list[Row]:
     if full:
         if _ablation(settings):
             rows.append(Row("unpaired_nb_no_alignment", nb, change=_ablation(settings)))
+        if _mixing_ablation(settings):
+            rows.append(Row("unpaired_nb_no_mixing", nb, change=_mixing_ablation(settings)))
         rows += [Row("paired_nb", nb, paired=True), Row("rna_only_model", None)]
     return rows
 
@@ -607,9 +631,14 @@ def multiome_rows(settings: Settings, full: bool) -> list[Row]:
     rows = [Row(f"unpaired_{name}", variant) for name, variant in ATAC_VARIANTS.items()]
     if _ablation(settings):
         rows.append(Row(f"unpaired_{first}_no_alignment", spec, change=_ablation(settings)))
+    if _mixing_ablation(settings):
+        rows.append(Row(f"unpaired_{first}_no_mixing", spec, change=_mixing_ablation(settings)))
     rows += [
         Row(f"paired_{name}", ATAC_VARIANTS[name], paired=True) for name in ("bernoulli_depth", "bernoulli")
     ]
+    rows.append(
+        Row(f"paired_{first}_private_atac_5", spec, paired=True, change={"n_private_latent": {"atac": 5}})
+    )
     rows.append(Row("rna_only_model", None))
     return rows
 
@@ -912,6 +941,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=Settings.max_epochs)
     parser.add_argument("--modality-dropout", type=float, default=Settings.modality_dropout)
     parser.add_argument("--alignment-weight", type=float, default=Settings.alignment_weight)
+    parser.add_argument("--mixing-weight", type=float, default=Settings.mixing_weight)
+    parser.add_argument("--n-private-latent", type=int, default=Settings.n_private_latent)
     parser.add_argument("--n-latent", type=int, default=Settings.n_latent)
     parser.add_argument("--multivi-epochs", type=int, default=500, help="0 skips MULTIVI")
     parser.add_argument("--no-scvi", action="store_true", help="skip MULTIVI and TOTALVI")
@@ -928,6 +959,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         n_latent=args.n_latent,
         modality_dropout=args.modality_dropout,
         alignment_weight=args.alignment_weight,
+        mixing_weight=args.mixing_weight,
+        n_private_latent=args.n_private_latent,
         seed=args.seed,
     )
     suffix = "_sweep" if args.sweep else ("_quick" if args.quick else "")

@@ -197,7 +197,7 @@ def normalized_expression(
         for _ in range(n_samples):
             z = posterior.mean if n_samples == 1 else posterior.rsample()
             total = total + decoder.proportions(
-                z,
+                module.decoder_input(z, modality),
                 categorical=categorical,
                 continuous=batch.continuous,
                 batch_index=batch_index,

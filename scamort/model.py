@@ -44,10 +44,30 @@ LR_SCALING_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
 #: Default ``alignment_weight`` (chosen on the multimodal benchmark, ``benchmarks/multimodal.py``).
 DEFAULT_ALIGNMENT_WEIGHT = 1.0
 
+#: Default ``n_private_latent`` (chosen on the multimodal benchmark, ``benchmarks/multimodal.py``).
+DEFAULT_N_PRIVATE_LATENT = 0
+
+#: Default ``mixing_weight`` (chosen on the multimodal benchmark, ``benchmarks/multimodal.py``).
+DEFAULT_MIXING_WEIGHT = 10.0
+
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
     if value not in choices:
         raise InputError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}.")
+
+
+def _private_sizes(value: int | Mapping[str, int], modalities: Mapping[str, Modality]) -> dict[str, int]:
+    """``n_private_latent`` as modality name -> number of private dimensions (validated)."""
+    sizes = dict(value) if isinstance(value, Mapping) else dict.fromkeys(modalities, value)
+    unknown = sorted(set(sizes) - set(modalities))
+    if unknown:
+        raise InputError(
+            f"n_private_latent names {', '.join(map(repr, unknown))}, not a modality of this model "
+            f"({', '.join(map(repr, modalities))})."
+        )
+    for name, size in sizes.items():
+        _check_positive_int(size, f"n_private_latent[{name!r}]", minimum=0)
+    return {name: int(size) for name, size in sizes.items()}
 
 
 def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
@@ -118,6 +138,25 @@ class Model:
         the single-modality posteriors of each cell measured in several modalities (warmed up like
         the KL). It makes the experts agree, so that cells measured in one modality are embedded
         among the paired cells instead of apart from them. 0 turns it off.
+    mixing_weight
+        With several modalities, for data whose cells were measured in different sets of modalities
+        (e.g. paired, RNA-only and protein-only cells): during training, a small classifier learns
+        to tell each cell's set of measured modalities from its posterior mean (the embedding), and
+        the encoders are penalised by this weight times their loss for fooling it (MULTIVI's
+        adversarial mixing). A cell measured in one modality has a posterior mean shrunk towards
+        the centre of what that modality cannot tell apart, so without it such cells sit together
+        instead of among the paired cells. No effect when every cell has the same modalities, and
+        none on the ELBO; 0 turns it off.
+    n_private_latent
+        With several modalities: latent dimensions private to each modality, besides the
+        ``n_latent`` shared ones; an int for every modality or a mapping modality name -> int
+        (modalities not named get none). Modality m's decoder reads the shared dimensions and m's private
+        ones, whose posterior comes from m's encoder and the prior only (the prior for a cell
+        lacking m, and for the modalities left out under modality dropout), so variation that only
+        m sees need not occupy the shared space. The embedding
+        (:meth:`get_latent_representation`) is the shared part; imputing m for a cell lacking it
+        decodes the prior's mean, 0, for m's private dimensions. 0 (default) for none; no effect
+        with one modality.
 
     Notes
     -----
@@ -155,17 +194,21 @@ class Model:
         modalities: Mapping[str, Modality] | None = None,
         modality_dropout: float = 0.3,
         alignment_weight: float = DEFAULT_ALIGNMENT_WEIGHT,
+        n_private_latent: int | Mapping[str, int] = DEFAULT_N_PRIVATE_LATENT,
+        mixing_weight: float = DEFAULT_MIXING_WEIGHT,
     ) -> None:
         _check_choice(likelihood, RNA_LIKELIHOODS, "likelihood")
         modalities = _modalities(adata, modalities, layer=layer, likelihood=likelihood)
         _check_choice(dispersion, DISPERSIONS, "dispersion")
         for value, name in ((n_latent, "n_latent"), (n_hidden, "n_hidden"), (n_layers, "n_layers")):
             _check_positive_int(value, name)
+        private = _private_sizes(n_private_latent, modalities)
         for value, name in ((dropout_rate, "dropout_rate"), (modality_dropout, "modality_dropout")):
             if not 0 <= value < 1:
                 raise InputError(f"{name} must be in [0, 1), got {value}.")
-        if not (isinstance(alignment_weight, int | float) and 0 <= alignment_weight < float("inf")):
-            raise InputError(f"alignment_weight must be a finite number >= 0, got {alignment_weight!r}.")
+        for value, name in ((alignment_weight, "alignment_weight"), (mixing_weight, "mixing_weight")):
+            if not (isinstance(value, int | float) and 0 <= value < float("inf")):
+                raise InputError(f"{name} must be a finite number >= 0, got {value!r}.")
         init_params = {
             "layer": layer,
             "batch_key": batch_key,
@@ -183,6 +226,8 @@ class Model:
             "modality_dropout": modality_dropout,
             "alignment_weight": float(alignment_weight),
             "library_heads": True,
+            "n_private_latent": private,
+            "mixing_weight": float(mixing_weight),
         }
         if is_backed(adata):  # out of core: counts are validated chunk by chunk in encode_cells
             read = None
@@ -212,9 +257,14 @@ class Model:
         self.registry = registry
         self.init_params = init_params
         self._data: CellData | BackedCellData = encode_cells(adata, registry, read)
+        n_modalities = len(registry.modalities)
+        # Absent from models saved before the option existed: those had none.
+        private = init_params.get("n_private_latent", {})
+        sizes = tuple(int(private.get(m.name, 0)) for m in registry.modalities)
+        private_dims = sizes if n_modalities > 1 and any(sizes) else ()
         config = ModuleConfig(
             modalities=tuple((m.name, m.n_features, m.modality.likelihood) for m in registry.modalities),
-            n_latent=init_params["n_latent"],
+            n_latent=init_params["n_latent"] + sum(private_dims),
             n_hidden=init_params["n_hidden"],
             n_layers=init_params["n_layers"],
             dropout_rate=init_params["dropout_rate"],
@@ -226,6 +276,8 @@ class Model:
             # Absent from models saved before these options existed: those had neither.
             alignment_weight=init_params.get("alignment_weight", 0.0),
             library_heads=init_params.get("library_heads", False),
+            private_dims=private_dims,
+            mixing_weight=init_params.get("mixing_weight", 0.0),
         )
         torch.manual_seed(init_params["seed"])
         self.module = VAE(config)
@@ -256,8 +308,8 @@ class Model:
 
     @property
     def n_latent(self) -> int:
-        """Latent dimension."""
-        return self.module.config.n_latent
+        """Latent dimension of the embedding (the shared dimensions; private ones not counted)."""
+        return self.module.config.n_shared
 
     @property
     def device(self) -> torch.device:
@@ -427,7 +479,9 @@ class Model:
         Returns
         -------
         :class:`scamort.refine.RefinementResult` with ``mean`` and ``log_variance``
-        ``(n_cells, n_latent)``, the recorded ``elbo`` ``(n_cells, n_recorded)`` and ``seconds``.
+        ``(n_cells, n_latent)`` (with ``n_private_latent``: the whole latent vector, the shared
+        dimensions first, then each modality's private ones), the recorded ``elbo``
+        ``(n_cells, n_recorded)`` and ``seconds``.
         """
         for value, name in ((n_steps, "n_steps"), (n_samples, "n_samples"), (batch_size, "batch_size")):
             _check_positive_int(value, name, minimum=0 if name == "n_steps" else 1)
@@ -529,7 +583,7 @@ class Model:
             modalities=modalities,
             posteriors=self._posteriors(data, index, refine_steps),
         )
-        return mean
+        return mean[:, : self.n_latent]
 
     def get_normalized_expression(
         self,

@@ -11,6 +11,7 @@ from torch import nn
 from scamort.data.cell_data import Minibatch
 from scamort.distributions import CountDistribution
 from scamort.nn import CountDecoder, GaussianEncoder, product_of_experts
+from scamort.nn.classifier import PatternClassifier, presence_pattern
 from scamort.nn.decoder import DepthBernoulliDecoder, NegativeBinomialMixtureDecoder
 from scamort.nn.library import LibraryHead
 from scamort.nn.product_of_experts import MIN_LOG_VARIANCE
@@ -63,6 +64,22 @@ class ModuleConfig:
         modality (``LIBRARY_LIKELIHOODS``): a Gaussian over the cell's log library size given the
         (detached) posterior mean of its other modalities, used to impute counts for cells lacking
         the modality.
+    private_dims
+        Latent dimensions private to each modality, in model order (empty: none). ``n_latent`` is
+        the width of the whole latent vector: the first ``n_latent - sum(private_dims)`` dimensions
+        are shared by all modalities, then come each modality's private block. Modality m's decoder
+        reads the shared dimensions and its own block; its encoder's expert speaks to the same
+        dimensions (precision 0 elsewhere, see :func:`product_of_experts`). So a private block has
+        the prior and that one expert: for a cell lacking m (or, under modality dropout, whose
+        posterior leaves m's expert out) it is the prior, and m is decoded from the shared
+        dimensions with the private ones drawn from N(0, I). Variation that only m sees can live
+        there instead of in the shared dimensions, the embedding. The alignment term compares
+        shared dimensions only.
+    mixing_weight
+        With several modalities and cells measured in different sets of them: train a
+        :class:`scamort.nn.classifier.PatternClassifier` to tell each cell's set of measured
+        modalities from its posterior mean (shared dimensions), and add ``mixing_weight ×`` the
+        encoders' loss for fooling it (MULTIVI's adversarial mixing). 0: off. Not part of the ELBO.
     """
 
     modalities: tuple[tuple[str, int, str], ...]
@@ -77,6 +94,13 @@ class ModuleConfig:
     n_continuous: int = 0
     alignment_weight: float = 0.0
     library_heads: bool = False
+    private_dims: tuple[int, ...] = ()
+    mixing_weight: float = 0.0
+
+    @property
+    def n_shared(self) -> int:
+        """Number of latent dimensions shared by all modalities (the embedding)."""
+        return self.n_latent - sum(self.private_dims)
 
 
 @dataclass(frozen=True)
@@ -156,12 +180,16 @@ class LossTerms:
     library
         Training only (else None): the library-size heads' negative log-likelihood per cell
         ``(batch,)``, summed over modalities; it only reaches the heads' weights.
+    mixing
+        Training only (else None): the presence-pattern classifier's loss plus the weighted
+        encoders' loss for fooling it, per cell ``(batch,)`` (see :class:`ModuleConfig`).
     """
 
     reconstruction: dict[str, torch.Tensor]
     kl: torch.Tensor
     alignment: torch.Tensor | None = None
     library: torch.Tensor | None = None
+    mixing: torch.Tensor | None = None
 
     @property
     def total_reconstruction(self) -> torch.Tensor:
@@ -171,13 +199,15 @@ class LossTerms:
 
     def elbo(self, kl_weight: float = 1.0) -> torch.Tensor:
         """Per-cell (weighted) ELBO, shape ``(batch,)``; during training minus the extra terms
-        (``kl_weight × alignment + library``), which makes it the per-cell training objective. Outside
-        training the extra terms are None and this is the ELBO."""
+        (``kl_weight × alignment + library + mixing``), which makes it the per-cell training
+        objective. Outside training the extra terms are None and this is the ELBO."""
         out = self.total_reconstruction - kl_weight * self.kl
         if self.alignment is not None:
             out = out - kl_weight * self.alignment
         if self.library is not None:
             out = out - self.library
+        if self.mixing is not None:
+            out = out - self.mixing
         return out
 
 
@@ -191,13 +221,35 @@ class VAE(nn.Module):
     def __init__(self, config: ModuleConfig) -> None:
         super().__init__()
         self.config = config
+        private = config.private_dims or (0,) * len(config.modalities)
+        if len(private) != len(config.modalities) or min(private) < 0 or config.n_shared < 1:
+            raise ValueError(
+                f"private_dims {config.private_dims} must give one size >= 0 per modality and leave "
+                f"at least one of the n_latent={config.n_latent} dimensions shared."
+            )
+        # Modality name -> (start, stop) of its private block within the latent vector.
+        self.private_blocks: dict[str, tuple[int, int]] = {}
+        start = config.n_shared
+        for (name, _, _), size in zip(config.modalities, private, strict=True):
+            self.private_blocks[name] = (start, start + size)
+            start += size
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
-        for name, n_features, likelihood in config.modalities:
+        for (name, n_features, likelihood), size in zip(config.modalities, private, strict=True):
+            width = config.n_shared + size
             self.encoders[name] = GaussianEncoder(
-                n_features, config.n_latent, config.n_hidden, config.n_layers, config.dropout_rate
+                n_features, width, config.n_hidden, config.n_layers, config.dropout_rate
             )
-            self.decoders[name] = _decoder(config, n_features, likelihood)
+            self.decoders[name] = _decoder(config, width, n_features, likelihood)
+        # Which latent dimensions each expert speaks to (None: all); not saved with the weights.
+        dims = None
+        if any(private):
+            dims = torch.zeros(len(config.modalities), config.n_latent, dtype=torch.bool)
+            dims[:, : config.n_shared] = True
+            for row, (first, stop) in enumerate(self.private_blocks.values()):
+                dims[row, first:stop] = True
+        self.expert_dims: torch.Tensor | None
+        self.register_buffer("expert_dims", dims, persistent=False)
         self.library_heads = nn.ModuleDict()
         if config.library_heads and len(config.modalities) > 1:
             for name, _, likelihood in config.modalities:
@@ -209,6 +261,12 @@ class VAE(nn.Module):
                         config.categorical_sizes,
                         config.n_continuous,
                     )
+        # Built last, so that the other weights start as they would without it.
+        self.pattern_classifier = (
+            PatternClassifier(config.n_shared, len(config.modalities))
+            if config.mixing_weight > 0 and len(config.modalities) > 1
+            else None
+        )
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -225,19 +283,36 @@ class VAE(nn.Module):
         each cell has; ``expert_mask`` ``(n_modalities, batch)`` overrides which experts are used."""
         mean, log_variance, present = self.experts(batch, modalities)
         mask = present if expert_mask is None else expert_mask
-        return Posterior(*product_of_experts(mean, log_variance, mask))
+        return Posterior(*self.product(mean, log_variance, mask, modalities))
+
+    def product(
+        self,
+        mean: torch.Tensor,
+        log_variance: torch.Tensor,
+        mask: torch.Tensor,
+        modalities: Sequence[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`product_of_experts` of experts from :meth:`experts` (of ``modalities``, default
+        all), each restricted to the shared dimensions and its own private block."""
+        dims = self.expert_dims
+        if dims is not None and modalities is not None:
+            dims = dims[[self.modality_names.index(name) for name in modalities]]
+        return product_of_experts(mean, log_variance, mask, dims)
 
     def experts(
         self, batch: Minibatch, modalities: Sequence[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The encoders' Gaussian experts of ``modalities`` (default all): means and log-variances
-        ``(n_modalities, batch, n_latent)`` and which cells have each modality ``(n_modalities, batch)``."""
+        ``(n_modalities, batch, n_latent)`` and which cells have each modality ``(n_modalities, batch)``.
+
+        With private dimensions an expert's values outside the shared dimensions and its own block
+        are 0 (and carry no precision in :meth:`product`)."""
         names = self.modality_names if modalities is None else tuple(modalities)
         means, log_variances = [], []
         for name in names:
             mean, log_variance = self.encoders[name](batch.modalities[name].counts)
-            means.append(mean)
-            log_variances.append(log_variance)
+            means.append(self._widen(mean, name))
+            log_variances.append(self._widen(log_variance, name))
         present = torch.stack([batch.modalities[name].present for name in names])
         return torch.stack(means), torch.stack(log_variances), present
 
@@ -252,11 +327,34 @@ class VAE(nn.Module):
         dropped = torch.rand(present.shape[1], device=present.device) < self.config.modality_dropout
         return torch.where(dropped, single, present)
 
+    def _widen(self, values: torch.Tensor, name: str) -> torch.Tensor:
+        """An encoder output ``(batch, n_shared + private)`` placed into the latent vector's width
+        ``(batch, n_latent)``, zeros outside the shared dimensions and ``name``'s block."""
+        if self.expert_dims is None:
+            return values
+        shared = self.config.n_shared
+        start, stop = self.private_blocks[name]
+        parts = [values[:, :shared]]
+        if start > shared:
+            parts.append(values.new_zeros(values.shape[0], start - shared))
+        parts.append(values[:, shared:])
+        if stop < self.config.n_latent:
+            parts.append(values.new_zeros(values.shape[0], self.config.n_latent - stop))
+        return torch.cat(parts, dim=1)
+
+    def decoder_input(self, z: torch.Tensor, name: str) -> torch.Tensor:
+        """What modality ``name``'s decoder reads of ``z`` ``(..., n_latent)``: the shared
+        dimensions and its private block, ``(..., n_shared + private)``."""
+        if self.expert_dims is None:
+            return z
+        start, stop = self.private_blocks[name]
+        return torch.cat([z[..., : self.config.n_shared], z[..., start:stop]], dim=-1)
+
     def generative(self, z: torch.Tensor, batch: Minibatch) -> dict[str, CountDistribution]:
         """Each modality's distribution given ``z`` of shape ``(batch, n_latent)``."""
         return {
             name: self.decoders[name](
-                z,
+                self.decoder_input(z, name),
                 log_library=batch.modalities[name].log_library,
                 batch_index=batch.batch_index,
                 categorical=batch.categorical,
@@ -293,21 +391,37 @@ class VAE(nn.Module):
             return LossTerms(self.reconstruction(z, batch), gaussian_kl(posterior))
         mean, log_variance, present = self.experts(batch)
         mask = self._dropped_expert_mask(present)
-        posterior = Posterior(*product_of_experts(mean, log_variance, present if mask is None else mask))
+        posterior = Posterior(*self.product(mean, log_variance, present if mask is None else mask))
         z = posterior.rsample(generator)
         terms = LossTerms(self.reconstruction(z, batch), gaussian_kl(posterior))
         if not self.training:
             return terms
         alignment = self.alignment(mean, log_variance, present) if self.config.alignment_weight > 0 else None
         library = self.library_loss(mean, log_variance, present, batch) if len(self.library_heads) else None
-        return LossTerms(terms.reconstruction, terms.kl, alignment, library)
+        mixing = None if self.pattern_classifier is None else self.mixing_loss(mean, log_variance, present)
+        return LossTerms(terms.reconstruction, terms.kl, alignment, library, mixing)
+
+    def mixing_loss(
+        self, mean: torch.Tensor, log_variance: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor:
+        """The presence-pattern classifier's loss plus ``mixing_weight ×`` the encoders' fooling loss
+        (:meth:`PatternClassifier.losses`) on each cell's joint posterior mean (all its measured
+        modalities, shared dimensions), ``(batch,)``; zero for a minibatch of one pattern only."""
+        pattern = presence_pattern(present)
+        if bool((pattern == pattern[0]).all()):
+            return torch.zeros(mean.shape[1], dtype=mean.dtype, device=mean.device)
+        joint_mean, _ = self.product(mean, log_variance, present)
+        classifier, fool = self.pattern_classifier.losses(joint_mean[:, : self.config.n_shared], pattern)
+        return classifier + self.config.mixing_weight * fool
 
     def alignment(
         self, mean: torch.Tensor, log_variance: torch.Tensor, present: torch.Tensor
     ) -> torch.Tensor:
         """``alignment_weight × sum_{m < m'} J(q_m, q_m')`` over pairs of modalities a cell has, where
-        ``q_m`` is expert m with the prior; experts as from :meth:`experts`. Shape ``(batch,)``."""
-        singles = single_expert_posteriors(mean, log_variance)
+        ``q_m`` is expert m with the prior, on the shared dimensions; experts as from :meth:`experts`.
+        Shape ``(batch,)``."""
+        shared = self.config.n_shared
+        singles = single_expert_posteriors(mean[..., :shared], log_variance[..., :shared])
         total = torch.zeros(mean.shape[1], dtype=mean.dtype, device=mean.device)
         for i in range(mean.shape[0]):
             for j in range(i + 1, mean.shape[0]):
@@ -332,7 +446,7 @@ class VAE(nn.Module):
             position = self.modality_names.index(name)
             others = present.clone()
             others[position] = False
-            z, _ = product_of_experts(mean, log_variance, others)
+            z, _ = self.product(mean, log_variance, others)
             nll = head.negative_log_likelihood(
                 z,
                 batch.modalities[name].log_library,
@@ -361,8 +475,9 @@ class VAE(nn.Module):
         )
 
 
-def _decoder(config: ModuleConfig, n_features: int, likelihood: str) -> nn.Module:
-    """The decoder class of ``likelihood``, built with the config's shape and covariates."""
+def _decoder(config: ModuleConfig, n_input: int, n_features: int, likelihood: str) -> nn.Module:
+    """The decoder class of ``likelihood`` reading ``n_input`` latent dimensions, built with the
+    config's shape and covariates."""
     options = {
         "dispersion": config.dispersion,
         "n_batch": config.n_batch,
@@ -372,7 +487,7 @@ def _decoder(config: ModuleConfig, n_features: int, likelihood: str) -> nn.Modul
         "n_continuous": config.n_continuous,
     }
     if likelihood == "nbmixture":
-        return NegativeBinomialMixtureDecoder(config.n_latent, n_features, **options)
+        return NegativeBinomialMixtureDecoder(n_input, n_features, **options)
     if likelihood == "bernoulli_depth":
-        return DepthBernoulliDecoder(config.n_latent, n_features, **options)
-    return CountDecoder(config.n_latent, n_features, likelihood=likelihood, **options)
+        return DepthBernoulliDecoder(n_input, n_features, **options)
+    return CountDecoder(n_input, n_features, likelihood=likelihood, **options)

@@ -12,7 +12,10 @@ MIN_LOG_VARIANCE = -30.0
 
 
 def product_of_experts(
-    mean: torch.Tensor, log_variance: torch.Tensor, mask: torch.Tensor
+    mean: torch.Tensor,
+    log_variance: torch.Tensor,
+    mask: torch.Tensor,
+    dims: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine diagonal Gaussian experts with the standard-normal prior expert.
 
@@ -26,6 +29,11 @@ def product_of_experts(
         Experts' means and log-variances, shape ``(n_experts, batch, n_latent)``.
     mask
         Which experts each cell has, shape ``(n_experts, batch)`` (bool or 0/1).
+    dims
+        Which latent dimensions each expert has an opinion on, ``(n_experts, n_latent)`` (bool or
+        0/1); default all. An expert without an opinion on dimension ``d`` has precision 0 there
+        (infinite variance): ``precision_d = 1 + sum_m mask_m dims_md / var_md``. This is how a
+        dimension private to one modality gets that modality's expert and the prior only.
 
     Returns
     -------
@@ -33,7 +41,10 @@ def product_of_experts(
         The product's mean and log-variance, shape ``(batch, n_latent)``. A cell with no expert gets
         the prior, N(0, I).
     """
-    precision = torch.exp(-log_variance.clamp(min=MIN_LOG_VARIANCE)) * mask.unsqueeze(-1).to(mean.dtype)
+    weight = mask.unsqueeze(-1).to(mean.dtype)
+    if dims is not None:
+        weight = weight * dims.unsqueeze(1).to(mean.dtype)
+    precision = torch.exp(-log_variance.clamp(min=MIN_LOG_VARIANCE)) * weight
     if mean.shape[0] == 1:  # one expert and the prior: the same formulas, fewer kernels
         precision = precision[0]
         return precision * mean[0] / (1 + precision), -torch.log1p(precision)
