@@ -90,8 +90,6 @@ import scamort
 from scamort import inference
 from scamort.model import DEFAULT_ALIGNMENT_WEIGHT, DEFAULT_MIXING_WEIGHT, DEFAULT_N_PRIVATE_LATENT
 
-MULTIOME_RNA = Path("/work/shared/data/bmmc_multiome_starter.rna.h5ad")
-MULTIOME_ATAC = Path("/work/shared/data/bmmc_multiome_starter.atac.h5ad")
 K_NEIGHBOURS = 15
 PAIRED = "paired"
 LEIDEN_RESOLUTIONS = (0.5, 1.0, 1.5)
@@ -176,8 +174,8 @@ def load_cite() -> tuple[ad.AnnData, ad.AnnData]:
 
 def load_multiome() -> tuple[ad.AnnData, ad.AnnData]:
     """BMMC Multiome as two aligned AnnData: RNA (600 genes) and ATAC (600 peaks, fragment counts)."""
-    rna = ad.read_h5ad(MULTIOME_RNA)
-    atac = ad.read_h5ad(MULTIOME_ATAC)
+    bundled = scamort.datasets.bmmc_multiome()
+    rna, atac = bundled.mod["rna"].copy(), bundled.mod["atac"].copy()
     if not (rna.obs_names == atac.obs_names).all():
         raise RuntimeError("The multiome RNA and ATAC files do not list the same cells in order.")
     for part in (rna, atac):
