@@ -366,10 +366,11 @@ class Model:
             times the number of torchrun processes): ``"linear"`` (default) uses ``lr * B / 128``,
             which keeps the held-out ELBO after a given number of epochs at least that of batch 128
             up to ``B = 2048`` on 20k cells (``benchmarks/scale_cpu.py``: -95.7 at 2048 vs -97.0 at
-            128 after 10 epochs; on the 4186 worm neurons batches 512 and 1024 end within 0.5 nats of
-            128's); ``"sqrt"`` uses ``lr * sqrt(B / 128)`` (Adam's square-root rule, more cautious:
-            1.3-6% lower held-out ELBO than 128's at batches 256-4096 in the same benchmark);
-            ``"none"`` uses ``lr`` as given. Batch 128 gets ``lr`` under every rule.
+            128 after 10 epochs; on the 4186 worm neurons batches 512 and 1024 end at -139.5 and
+            -140.1 vs -139.6 at 128); ``"sqrt"`` uses ``lr * sqrt(B / 128)`` (Adam's square-root
+            rule, more cautious: 1-11% lower held-out ELBO than batch 128's at batches 256-4096 in
+            the same benchmark); ``"none"`` uses ``lr`` as given. Batch 128 gets ``lr`` under every
+            rule.
         max_seconds
             Wall-clock budget: stop after the first epoch that ends past it.
 
