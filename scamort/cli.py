@@ -271,26 +271,26 @@ def _modality(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _non_negative_int(text: str) -> int:
-    """Parse a whole number >= 0 from the command line."""
+def _whole_number(text: str, minimum: int) -> int:
+    """Parse a whole number >= ``minimum`` from the command line."""
     try:
         value = int(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"a whole number >= {minimum}"
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    """Parse a whole number >= 0 from the command line."""
+    return _whole_number(text, 0)
 
 
 def _positive_int(text: str) -> int:
     """Parse a positive integer command-line value."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    return _whole_number(text, 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,17 @@ __all__ = ["CountDecoder", "DISPERSIONS", "DepthBernoulliDecoder", "NegativeBino
 DISPERSIONS = ("gene", "gene-batch")
 
 
+def _log_theta_parameter(dispersion: str, n_batch: int, n_output: int) -> nn.Parameter:
+    """Log inverse dispersions, zeros: one row, or one row per batch for ``"gene-batch"``."""
+    return nn.Parameter(torch.zeros(n_batch if dispersion == "gene-batch" else 1, n_output))
+
+
+def _select_log_theta(log_theta: torch.Tensor, dispersion: str, batch_index: torch.Tensor) -> torch.Tensor:
+    """``(n_output,)``, or per cell ``(batch, n_output)`` for ``"gene-batch"``, from
+    :func:`_log_theta_parameter`'s rows."""
+    return log_theta[batch_index] if dispersion == "gene-batch" else log_theta[0]
+
+
 class CountDecoder(nn.Module):
     """Decode z into one modality's distribution.
 
@@ -66,9 +77,10 @@ class CountDecoder(nn.Module):
         self.body = CovariateMLP(n_latent, n_hidden, n_layers, 0.0, categorical_sizes, n_continuous)
         self.head = nn.Linear(n_hidden, n_output)
         self.zero_inflation_head = nn.Linear(n_hidden, n_output) if likelihood == "zinb" else None
-        n_rows = n_batch if dispersion == "gene-batch" else 1
         self.dispersion = dispersion
-        self.log_theta = nn.Parameter(torch.zeros(n_rows, n_output)) if likelihood in ("nb", "zinb") else None
+        self.log_theta = (
+            _log_theta_parameter(dispersion, n_batch, n_output) if likelihood in ("nb", "zinb") else None
+        )
 
     def forward(
         self,
@@ -96,7 +108,7 @@ class CountDecoder(nn.Module):
 
     def _log_theta(self, batch_index: torch.Tensor) -> torch.Tensor:
         """Log inverse dispersion, ``(n_output,)`` or per cell ``(batch, n_output)`` for gene-batch."""
-        return self.log_theta[batch_index] if self.dispersion == "gene-batch" else self.log_theta[0]
+        return _select_log_theta(self.log_theta, self.dispersion, batch_index)
 
     def proportions(self, z: torch.Tensor, **covariates: torch.Tensor) -> torch.Tensor:
         """Expected proportions (rows sum to 1; probabilities for Bernoulli), ``(batch, n_output)``."""
@@ -144,8 +156,7 @@ class NegativeBinomialMixtureDecoder(nn.Module):
         # Means summing to about the library at the start: (1/2 + 1/2 (1 + softplus(0))) / n ≈ 1.35 / n.
         self.log_background = nn.Parameter(torch.full((n_batch, n_output), -math.log(1.35 * n_output)))
         self.dispersion = dispersion
-        n_rows = n_batch if dispersion == "gene-batch" else 1
-        self.log_theta = nn.Parameter(torch.zeros(n_rows, n_output))
+        self.log_theta = _log_theta_parameter(dispersion, n_batch, n_output)
 
     @torch.no_grad()
     def initialize_background(self, rates: torch.Tensor, batch_index: torch.Tensor) -> None:
@@ -181,7 +192,7 @@ class NegativeBinomialMixtureDecoder(nn.Module):
         """Distribution of the counts given ``z`` ``(batch, n_latent)``, as :class:`CountDecoder`'s."""
         log_background, log_foreground, logits = self._parts(z, batch_index, categorical, continuous)
         offset = log_library.unsqueeze(-1)
-        log_theta = self.log_theta[batch_index] if self.dispersion == "gene-batch" else self.log_theta[0]
+        log_theta = _select_log_theta(self.log_theta, self.dispersion, batch_index)
         return NegativeBinomialMixture(log_background + offset, log_foreground + offset, log_theta, logits)
 
     def proportions(
