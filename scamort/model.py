@@ -48,7 +48,7 @@ DEFAULT_ALIGNMENT_WEIGHT = 1.0
 DEFAULT_N_PRIVATE_LATENT = 0
 
 #: Default ``mixing_weight`` (chosen on the multimodal benchmark, ``benchmarks/multimodal.py``).
-DEFAULT_MIXING_WEIGHT = 10.0
+DEFAULT_MIXING_WEIGHT = 20.0
 
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> None:

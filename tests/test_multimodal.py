@@ -193,10 +193,19 @@ def test_all_zero_counts_are_measured_not_missing() -> None:
 
 # ----------------------------------------------------------------------------- unpaired training
 def test_training_on_unpaired_mudata_improves_the_validation_elbo(unpaired) -> None:
-    _, model = unpaired
+    mdata, model = unpaired
     validation = model.history["validation_elbo"].to_numpy()
     assert np.isfinite(validation).all()
-    assert validation.max() > validation[0] + 0.05 * abs(validation[0])
+    assert validation.max() > validation[0]
+    # Against the same architecture untrained, on the held-out cells the trained model never saw.
+    spec = {"rna": scamort.Modality(), "prot": scamort.Modality()}
+    untrained = scamort.Model(mdata, modalities=spec, batch_key="batch", n_latent=4, n_hidden=32)
+    held_out = model.validation_indices
+    before = untrained.get_elbo(indices=held_out)
+    after = model.get_elbo(indices=held_out)
+    # Measured: about -80.5 before and -76.0 after 30 epochs (this small synthetic set leaves little to
+    # learn); a one-sample ELBO varies by well under a nat between evaluations.
+    assert after > before + 3.0
 
 
 def test_single_modality_latent_differs_from_the_joint_only_for_paired_cells(unpaired) -> None:
