@@ -651,23 +651,36 @@ class Model:
                     f"({', '.join(categories)})."
                 )
             batch_code = categories.index(str(transform_batch))
-        posteriors = self._posteriors(data, index, refine_steps)
-        values = inference.normalized_expression(
+        values = self._proportions(data, index, name, batch_code, n_samples, refine_steps, include_background)
+        scale = self._predicted_library(data, index, name) if latent_library else library_size
+        return self._feature_frame(values * np.reshape(scale, (-1, 1)), names, name)
+
+    def _proportions(
+        self,
+        data: CellData,
+        index: np.ndarray,
+        name: str,
+        batch_code: int | None,
+        n_samples: int,
+        refine_steps: int,
+        include_background: bool,
+    ) -> np.ndarray:
+        """The decoder's expression proportions of modality ``name`` for already encoded cells,
+        ``(n_cells, n_features)`` (see :meth:`get_normalized_expression`)."""
+        return inference.normalized_expression(
             self.module,
             data,
             index,
             modality=name,
             transform_batch=batch_code,
             n_samples=n_samples,
-            posteriors=posteriors,
+            posteriors=self._posteriors(data, index, refine_steps),
             include_background=include_background,
         )
-        scale = self._predicted_library(data, index, name) if latent_library else library_size
-        return pd.DataFrame(
-            values * np.reshape(scale, (-1, 1)),
-            index=names,
-            columns=list(self.registry.modality(name).feature_names),
-        )
+
+    def _feature_frame(self, values: np.ndarray, names: pd.Index, modality: str) -> pd.DataFrame:
+        """``values`` ``(n_cells, n_features)`` as a DataFrame: cell names × ``modality``'s features."""
+        return pd.DataFrame(values, index=names, columns=list(self.registry.modality(modality).feature_names))
 
     def _predicted_library(self, data: CellData, index: np.ndarray, name: str) -> np.ndarray:
         """Expected library size ``E[l] = exp(mean + variance / 2)`` of ``name`` from the head, ``(n,)``."""
@@ -744,30 +757,26 @@ class Model:
         ``"bernoulli_depth"`` the probability of a 1 (for ``"bernoulli_depth"`` at the cell's depth,
         predicted where it lacks the modality).
         """
-        data, index, _ = self._cells(adata, indices)
+        _check_positive_int(n_samples, "n_samples")
+        data, index, names = self._cells(adata, indices)
         name = self._modality_name(modality)
-        proportions = self.get_normalized_expression(
-            adata,
-            indices,
-            library_size=1.0,
-            n_samples=n_samples,
-            modality=name,
-            include_background=include_background,
-        )
+        proportions = self._proportions(data, index, name, None, n_samples, 0, include_background)
         likelihood = self.registry.modality(name).modality.likelihood
-        if likelihood == "bernoulli":
-            return proportions
+        if likelihood == "bernoulli":  # probabilities; float64 like the expected counts below
+            return self._feature_frame(proportions.astype(np.float64), names, name)
         tensors = data.modalities[name]
-        present = tensors.present.cpu().numpy()[index]
-        library = np.exp(tensors.log_library.cpu().numpy()[index])
+        measured = tensors.present.cpu().numpy()
+        all_libraries = np.exp(tensors.log_library.cpu().numpy())
+        present = measured[index]
         if name in self.module.library_heads:
             missing = np.zeros(index.size) if present.all() else self._predicted_library(data, index, name)
         else:
-            missing = np.median(np.exp(tensors.log_library.cpu().numpy())[tensors.present.cpu().numpy()])
-        depth = np.where(present, library, missing)
+            missing = np.median(all_libraries[measured])
+        depth = np.where(present, all_libraries[index], missing).astype(np.float64)
+        expected = proportions * depth[:, None]
         if likelihood == "bernoulli_depth":
-            return -np.expm1(-proportions.mul(depth, axis=0))
-        return proportions.mul(depth, axis=0)
+            expected = -np.expm1(-expected)
+        return self._feature_frame(expected, names, name)
 
     def get_elbo(
         self,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -50,6 +53,16 @@ def make_counts(
     )
     adata.layers["counts"] = matrix.copy()
     return adata
+
+
+def forget_init_params(model_dir: Path, *keys: str) -> None:
+    """Delete ``keys`` from the constructor arguments of the model saved in ``model_dir``, so that it
+    reads like a save from before those options existed."""
+    spec_path = Path(model_dir) / "model.json"
+    spec = json.loads(spec_path.read_text())
+    for key in keys:
+        del spec["init_params"][key]
+    spec_path.write_text(json.dumps(spec))
 
 
 @pytest.fixture

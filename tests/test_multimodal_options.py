@@ -3,8 +3,6 @@ heads and the alignment term. Oracles for the formulas, behaviour on small data,
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import scipy.stats as st
@@ -15,7 +13,7 @@ from scamort import InputError
 from scamort.data.sparse_batch import SparseBatch
 from scamort.distributions import NegativeBinomialMixture, binarised_poisson_logits
 from scamort.module import Posterior, jeffreys_divergence, single_expert_posteriors
-from tests.conftest import make_counts
+from tests.conftest import forget_init_params, make_counts
 from tests.test_multimodal import make_cite, split_mudata, thirds
 
 SMALL = {"batch_key": "batch", "n_latent": 4, "n_hidden": 32}
@@ -299,10 +297,7 @@ def test_a_multimodal_model_saved_without_the_new_options_still_loads(tmp_path) 
     model = scamort.Model(adata, modalities=modalities, **SMALL)
     model.train(max_epochs=2, **TRAIN)
     model.save(tmp_path / "model")
-    spec_path = tmp_path / "model" / "model.json"
-    spec = json.loads(spec_path.read_text())
-    del spec["init_params"]["alignment_weight"], spec["init_params"]["library_heads"]
-    spec_path.write_text(json.dumps(spec))
+    forget_init_params(tmp_path / "model", "alignment_weight", "library_heads")
     weights_path = tmp_path / "model" / "weights.pt"
     state = torch.load(weights_path, weights_only=True)
     torch.save({k: v for k, v in state.items() if not k.startswith("library_heads.")}, weights_path)
