@@ -8,12 +8,14 @@ one process, so that the comparison is made under the same load on the same mach
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -307,6 +309,29 @@ def current_rss_mb() -> float:
 # --------------------------------------------------------------------------------------
 # Environment and output
 # --------------------------------------------------------------------------------------
+def quiet_scvi(seed: int) -> Any:
+    """Import scvi-tools (an optional extra), seeded, with its and Lightning's logging and warnings off.
+
+    Parameters
+    ----------
+    seed
+        ``scvi.settings.seed``.
+
+    Returns
+    -------
+    module
+        The ``scvi`` package.
+    """
+    import scvi
+
+    scvi.settings.seed = seed
+    scvi.settings.verbosity = logging.ERROR
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    return scvi
+
+
 def package_versions(names: Sequence[str]) -> dict[str, str | None]:
     """Installed versions of the given distributions (``None`` when missing).
 

@@ -11,13 +11,18 @@ only those present among the 1000 genes are scored. A marker's ``rank`` is its p
 among the genes *higher* in the population (``lfc_mean > 0``) in scamort's evidence order
 (``proba_de``, then ``|lfc_mean|``); ``rank_all`` is its position in the full table (up and down).
 For reference, ``wilcoxon_rank`` is its rank in scanpy's Wilcoxon test on log-normalized counts
-(``sc.tl.rank_genes_groups``, same groups). Goal: every available marker in the top 20.
+(``sc.tl.rank_genes_groups``, same groups), and ``scvi_rank`` its rank among the genes higher in the
+population in scvi-tools' own DE (``SCVI`` with its defaults and ``batch_key="batch"``, then
+``differential_expression(mode="change", delta=0.25, batch_correction=True)``, sorted by ``proba_de``
+as scvi-tools sorts it), when scvi-tools is installed (``pip install -e ".[bench]"``; ``--no-scvi``
+skips it). Goal: every available marker in the top 20.
 
 A second model on RNA + protein (``modalities={"rna": ..., "prot": ...}``) scores canonical surface
 markers in the protein modality (``modality="prot"``), which covers populations whose RNA markers are
 not among the 1000 genes (CD8A/CD8B are not).
 
-Run ``python benchmarks/differential_bmmc.py`` (full) or ``--quick`` (smoke run, few epochs).
+Run ``python benchmarks/differential_bmmc.py`` (full) or ``--quick`` (smoke run, few epochs, no
+scvi-tools).
 Writes ``benchmarks/results/differential_bmmc.json`` and ``.md`` (``differential_bmmc_quick.*``).
 """
 
@@ -33,7 +38,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from _common import RESULTS_DIR, environment_info, write_json
+from _common import RESULTS_DIR, environment_info, quiet_scvi, write_json
 
 import scamort
 from scamort.differential import differential_expression
@@ -108,12 +113,48 @@ def wilcoxon_ranks(adata: ad.AnnData) -> dict[str, pd.Series]:
     return out
 
 
+def up_ranks(de: pd.DataFrame) -> pd.Series:
+    """Rank (1 = best) of each gene higher in group 1 (``lfc_mean > 0``), in the table's order."""
+    up = de[de["lfc_mean"] > 0]
+    return pd.Series(np.arange(1, len(up) + 1), index=up.index)
+
+
+def scvi_ranks(adata: ad.AnnData, args: argparse.Namespace) -> tuple[dict[str, pd.Series], dict[str, Any]]:
+    """scvi-tools' DE for every population, as :func:`up_ranks`; and a summary of its model.
+
+    ``SCVI`` with its defaults (``batch_key="batch"``, default epochs), then one-vs-rest
+    ``differential_expression`` with the same mode, ``delta`` and batch correction as scamort's.
+    """
+    scvi = quiet_scvi(args.seed)
+    work = ad.AnnData(adata.X.copy(), obs=adata.obs[["batch", GROUPBY]].copy(), var=adata.var[[]].copy())
+    scvi.model.SCVI.setup_anndata(work, batch_key="batch")
+    model = scvi.model.SCVI(work)
+    start = time.perf_counter()
+    model.train(max_epochs=args.epochs, enable_progress_bar=False)
+    train_seconds = time.perf_counter() - start
+    ranks = {}
+    for population in POPULATIONS:
+        de = model.differential_expression(
+            groupby=GROUPBY, group1=population, mode="change", delta=args.delta, batch_correction=True
+        )
+        ranks[population] = up_ranks(de)
+    summary = {
+        "model": "scvi.model.SCVI (defaults), batch_key='batch'",
+        "train_seconds": train_seconds,
+        "epochs_run": len(model.history["elbo_train"]),
+    }
+    return ranks, summary
+
+
 def marker_rows(
-    de: pd.DataFrame, population: str, markers: tuple[str, ...], reference: pd.Series | None
+    de: pd.DataFrame,
+    population: str,
+    markers: tuple[str, ...],
+    reference: pd.Series | None,
+    scvi_reference: pd.Series | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """One record per available marker, and the markers absent from the data."""
-    up = de[de["lfc_mean"] > 0]
-    up_rank = pd.Series(np.arange(1, len(up) + 1), index=up.index)
+    up_rank = up_ranks(de)
     all_rank = pd.Series(np.arange(1, len(de) + 1), index=de.index)
     fdr_column = next(c for c in de.columns if c.startswith("is_de_fdr_"))
     rows, absent = [], []
@@ -134,10 +175,16 @@ def marker_rows(
                 "lfc_std": float(row["lfc_std"]),
                 "is_de_fdr": bool(row[fdr_column]),
                 "wilcoxon_rank": None if reference is None else int(reference.get(marker, -1)),
+                "scvi_rank": None if scvi_reference is None else _rank_or_none(scvi_reference, marker),
                 "in_top": marker in up_rank.index and int(up_rank[marker]) <= TOP,
             }
         )
     return rows, absent
+
+
+def _rank_or_none(ranks: pd.Series, marker: str) -> int | None:
+    """The marker's rank, or ``None`` when it is not higher in the population."""
+    return int(ranks[marker]) if marker in ranks.index else None
 
 
 def run_de(
@@ -149,6 +196,7 @@ def run_de(
 ) -> tuple[list[dict[str, Any]], dict[str, list[str]], dict[str, Any]]:
     """DE one vs rest per population; marker records, absent markers, and per-population summaries."""
     reference = kw.pop("reference", None)
+    scvi_reference = kw.pop("scvi_reference", None)
     rows: list[dict[str, Any]] = []
     absent: dict[str, list[str]] = {}
     summary: dict[str, Any] = {}
@@ -159,7 +207,11 @@ def run_de(
         )
         seconds = time.perf_counter() - start
         found, missing = marker_rows(
-            de, population, markers[population], None if reference is None else reference[population]
+            de,
+            population,
+            markers[population],
+            None if reference is None else reference[population],
+            None if scvi_reference is None else scvi_reference[population],
         )
         rows += found
         absent[population] = missing
@@ -174,6 +226,12 @@ def run_de(
             f"[bench] {population:<11} {summary[population]['n_cells']:>3} cells, {seconds:.2f} s; top up: "
             f"{', '.join(summary[population]['top_up'])}"
         )
+    for row in rows:
+        row["top10_elsewhere"] = [
+            other
+            for other in POPULATIONS
+            if other != row["population"] and row["marker"] in summary[other]["top_up"]
+        ]
     return rows, absent, summary
 
 
@@ -187,10 +245,13 @@ def markdown(payload: dict[str, Any]) -> str:
         f'`mode="change"`, `delta={payload["config"]["delta"]}`, batch-corrected, '
         f"{payload['config']['n_samples']} posterior draws per group. `rank`: position among the genes "
         "higher in the population, in scamort's evidence order (proba_de, then |lfc_mean|); `rank_all`: in "
-        "the full table; `wilcoxon`: scanpy's Wilcoxon rank for comparison. Goal: `rank` <= "
+        "the full table; `wilcoxon`: scanpy's Wilcoxon rank; `scVI`: the rank among the genes higher in the "
+        "population in scvi-tools' own DE (SCVI with its defaults, the same mode, delta and batch "
+        "correction; '-' when not run, 'not up' when its lfc_mean is not positive). Goal: `rank` <= "
         f"{TOP} for every available marker.",
         "",
     ]
+    scvi_part = payload.get("scvi")
     for title, key in (
         ("RNA (model on RNA only)", "rna"),
         ("Protein (joint RNA + protein model)", "protein"),
@@ -204,16 +265,31 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{part.get('load_avg_1min_after', float('nan')):.1f} after; well above the core count means "
             "other work competed for the CPU and the time is not representative).",
             "",
-            "| population | marker | rank | rank_all | proba_de | lfc_mean | FDR 5% | wilcoxon |",
-            "|---|---|---|---|---|---|---|---|",
+            "| population | marker | rank | rank_all | proba_de | lfc_mean | FDR 5% | wilcoxon | scVI |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in part["markers"]:
             lines.append(
                 f"| {row['population']} | {row['marker']} | {row['rank']} | {row['rank_all']} | "
                 f"{row['proba_de']:.3f} | {row['lfc_mean']:.2f} | {'yes' if row['is_de_fdr'] else 'no'} | "
-                f"{row['wilcoxon_rank'] if row['wilcoxon_rank'] is not None else '-'} |"
+                f"{row['wilcoxon_rank'] if row['wilcoxon_rank'] is not None else '-'} | "
+                f"{_scvi_cell(row, key == 'rna' and scvi_part is not None)} |"
             )
-        lines += ["", f"Markers in the top {TOP}: {part['n_in_top']} of {len(part['markers'])}.", ""]
+        lines += ["", f"- Markers in the top {TOP}: {part['n_in_top']} of {len(part['markers'])}."]
+        if key == "rna" and scvi_part is not None:
+            lines.append(
+                f"- scvi-tools' SCVI on the same cells: {scvi_part['n_in_top']} of {len(part['markers'])} "
+                f"({scvi_part['epochs_run']} epochs, {scvi_part['train_seconds']:.0f} s)."
+            )
+        for row in part["markers"]:
+            if not row["in_top"]:
+                elsewhere = ", ".join(row["top10_elsewhere"]) or "no other population"
+                lines.append(
+                    f"- Missed: {row['marker']} ({row['population']}, rank {row['rank'] or 'not up'}); "
+                    "among the top 10 "
+                    f"genes higher in: {elsewhere}."
+                )
+        lines.append("")
         absent = {p: m for p, m in part["absent_markers"].items() if m}
         if absent:
             lines += ["Canonical markers not among the measured features (not scored):", ""]
@@ -225,6 +301,13 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _scvi_cell(row: dict[str, Any], was_run: bool) -> str:
+    """The scVI column of a marker row."""
+    if not was_run:
+        return "-"
+    return "not up" if row["scvi_rank"] is None else str(row["scvi_rank"])
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -232,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-samples", type=int, default=5000, help="posterior draws per group")
     parser.add_argument("--delta", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20 epochs, 500 draws")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20 epochs, 500 draws, no scVI")
+    parser.add_argument("--no-scvi", action="store_true", help="skip scvi-tools' SCVI reference")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (Markdown next to it)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -258,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
         "environment": environment_info(),
     }
     reference = wilcoxon_ranks(adata)
+    scvi_reference = None
+    if not (args.quick or args.no_scvi):
+        scvi_reference, payload["scvi"] = scvi_ranks(adata, args)
 
     specs = {
         "rna": ({}, MARKERS, {}),
@@ -285,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
             args,
             delta=args.delta,
             reference=reference if key == "rna" else None,
+            scvi_reference=scvi_reference if key == "rna" else None,
             **de_options,
         )
         payload[key] = {
@@ -299,6 +387,10 @@ def main(argv: list[str] | None = None) -> None:
             "absent_markers": absent,
             "populations": summary,
         }
+        if key == "rna" and scvi_reference is not None:
+            payload["scvi"]["n_in_top"] = sum(
+                row["scvi_rank"] is not None and row["scvi_rank"] <= TOP for row in rows
+            )
         print(pd.DataFrame(rows).drop(columns=["in_top"]).to_string(index=False))
 
     write_json(out, payload)

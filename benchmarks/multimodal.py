@@ -70,7 +70,6 @@ JSON fields (``benchmarks/results/multimodal.json``)
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 import traceback
 import warnings
@@ -83,7 +82,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _common import RESULTS_DIR, environment_info, timed, warm_up_numba, write_json
+from _common import RESULTS_DIR, environment_info, quiet_scvi, timed, warm_up_numba, write_json
 from sklearn.neighbors import NearestNeighbors
 
 import scamort
@@ -434,17 +433,6 @@ def weak_expert_report(model: scamort.Model, obs: pd.DataFrame, second: str) -> 
 # --------------------------------------------------------------------------------------
 # scvi-tools
 # --------------------------------------------------------------------------------------
-def _quiet_scvi(seed: int) -> Any:
-    import scvi
-
-    scvi.settings.seed = seed
-    scvi.settings.verbosity = logging.ERROR
-    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-    return scvi
-
-
 def fit_multivi(
     rna: ad.AnnData,
     atac: ad.AnnData,
@@ -459,7 +447,7 @@ def fit_multivi(
     """
     import mudata
 
-    scvi = _quiet_scvi(seed)
+    scvi = quiet_scvi(seed)
     groups = obs["group"].to_numpy()
     rna_x = sp.csr_matrix(rna.X.multiply((groups != "atac_only")[:, None]))
     atac_x = sp.csr_matrix(atac.X.multiply((groups != "rna_only")[:, None]))
@@ -487,7 +475,7 @@ def fit_totalvi(
     TOTALVI models missing protein per batch (a batch whose protein is all zero is masked out of the
     protein likelihood), so each original batch is split into an observed and a held-out batch.
     """
-    scvi = _quiet_scvi(seed)
+    scvi = quiet_scvi(seed)
     protein = prot.X.toarray()
     protein[heldout] = 0.0
     adata = ad.AnnData(rna.X.copy(), obs=rna.obs.copy(), var=rna.var[[]].copy())
@@ -663,7 +651,11 @@ def run_multiome(
     if plot_path is not None:
         first = next(iter(ATAC_VARIANTS))
         plot_weak_expert(models[f"unpaired_{first}"], obs, plot_path)
-        result["plot"] = str(plot_path.relative_to(RESULTS_DIR.parent.parent))
+        repository = RESULTS_DIR.parent.parent
+        resolved = plot_path.resolve()
+        result["plot"] = str(
+            resolved.relative_to(repository) if resolved.is_relative_to(repository) else resolved
+        )
     if multivi_epochs is not None:
         for name, architecture in MULTIVI_ARCHITECTURES.items():
             result["models"][name] = _run_tool(
