@@ -178,7 +178,7 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         metavar="D",
         help="latent dimensions (default: 10)",
     )
-    fit.add_argument("--likelihood", choices=LIKELIHOODS, default="nb", help="count likelihood (default: nb)")
+    fit.add_argument("--likelihood", choices=LIKELIHOODS, help="count likelihood (default: nb)")
     fit.add_argument(
         "--modality",
         action="append",
@@ -405,6 +405,7 @@ def _run_fit(args: argparse.Namespace) -> None:
     import scamort
     from scamort.export import embed
 
+    _check_single_modality_options(args)
     _check_output(args.out, overwrite=args.overwrite)
     if args.model_dir is not None:
         _check_model_dir_free(args.model_dir, overwrite=args.overwrite)
@@ -415,7 +416,7 @@ def _run_fit(args: argparse.Namespace) -> None:
         layer=args.layer,
         batch_key=args.batch_key,
         n_latent=args.n_latent,
-        likelihood=args.likelihood,
+        likelihood=args.likelihood or "nb",
         seed=args.seed,
         modalities=dict(args.modality) if args.modality else None,
     )
@@ -461,6 +462,19 @@ def _read_h5ad(path: Path) -> AnnData:
     adata = anndata.read_h5ad(path)
     logger.info("Read %s: %d cells x %d genes.", path, adata.n_obs, adata.n_vars)
     return adata
+
+
+def _check_single_modality_options(args: argparse.Namespace) -> None:
+    """``--layer`` and ``--likelihood`` describe one RNA modality; each ``--modality`` spec names its own."""
+    if not args.modality:
+        return
+    given = [flag for flag, value in (("--layer", args.layer), ("--likelihood", args.likelihood)) if value]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ValueError(
+            f"{' and '.join(given)} {verb} only without --modality; put the layer and likelihood in each "
+            "--modality spec instead (e.g. --modality rna=zinb,layer=counts)."
+        )
 
 
 def _check_output(path: Path, *, overwrite: bool) -> None:

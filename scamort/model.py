@@ -89,8 +89,11 @@ def _modalities(
         raise InputError(f"Model expects an AnnData or MuData, got {type(data).__name__}.")
     if modalities is None:
         return {"rna": Modality(layer=layer, likelihood=likelihood)}
-    if layer is not None:
-        raise InputError("With modalities=..., give each modality's layer in its scamort.Modality.")
+    if layer is not None or likelihood != "nb":
+        raise InputError(
+            "With modalities=..., give each modality's layer and likelihood in its scamort.Modality "
+            "(layer= and likelihood= of the Model describe a single RNA AnnData)."
+        )
     if not modalities:
         raise InputError("modalities is empty; name at least one modality.")
     for name, modality in modalities.items():
@@ -108,7 +111,8 @@ class Model:
         Cells × genes AnnData with raw counts (in ``.X`` or ``layer``), or a MuData with
         ``modalities``. Only read, never modified.
     layer
-        Layer holding raw counts; ``None`` uses ``.X``.
+        Layer holding raw counts; ``None`` uses ``.X``. Only without ``modalities`` (each
+        :class:`Modality` names its own).
     batch_key
         ``.obs`` column of batches; decoders condition on it (batch correction).
     labels_key
@@ -118,7 +122,8 @@ class Model:
     n_latent, n_hidden, n_layers, dropout_rate
         Latent dimension, hidden width, hidden layers per network, encoder dropout.
     likelihood
-        ``"nb"`` (negative binomial), ``"zinb"`` (zero-inflated NB) or ``"poisson"``.
+        ``"nb"`` (negative binomial), ``"zinb"`` (zero-inflated NB) or ``"poisson"``. Only without
+        ``modalities`` (each :class:`Modality` names its own).
     dispersion
         ``"gene"`` (one inverse dispersion per gene) or ``"gene-batch"`` (per gene and batch).
     seed

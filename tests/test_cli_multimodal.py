@@ -90,6 +90,22 @@ def test_bad_modality_specs_give_one_line(tmp_path: Path, capsys, spec: str, mes
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("extra", "flags"),
+    [(["--layer", "counts"], "--layer"), (["--likelihood", "zinb"], "--likelihood")],
+)
+def test_single_modality_options_with_modality_specs_give_one_line(
+    tmp_path: Path, capsys, extra: list[str], flags: str
+) -> None:
+    source = _cite(tmp_path / "cite.h5ad")
+    out = tmp_path / "o.h5ad"
+    code = main(["fit", str(source), "--out", str(out), "--modality", "rna=nb", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{flags} applies only without --modality" in err and "rna=zinb,layer=counts" in err
+    assert not out.exists()
+
+
 def test_unknown_mudata_modality_is_one_line(tmp_path: Path, capsys) -> None:
     rna = make_counts(n_cells=30)
     md.MuData({"rna": rna}).write(tmp_path / "m.h5mu")

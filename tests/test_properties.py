@@ -1336,7 +1336,11 @@ def test_objects_that_are_not_anndata_are_refused(trained, thing: Any) -> None:
         ),
         (
             lambda: scamort.Model(_tiny(), layer="counts", modalities={"rna": scamort.Modality()}),
-            r"With modalities=\.\.\., give each modality's layer in its scamort\.Modality",
+            r"With modalities=\.\.\., give each modality's layer and likelihood in its scamort\.Modality",
+        ),
+        (
+            lambda: scamort.Model(_tiny(), likelihood="zinb", modalities={"rna": scamort.Modality()}),
+            r"With modalities=\.\.\., give each modality's layer and likelihood in its scamort\.Modality",
         ),
     ],
 )
