@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from scamort import inference
 from scamort.data import encode_cells
 from scamort.data.sources import is_mudata
+from scamort.data.validation import missing_obs_column
 from scamort.errors import InputError
 
 if TYPE_CHECKING:
@@ -441,6 +442,8 @@ def differential_expression(
     if not is_mudata(source) and type(source).__name__ != "AnnData":
         raise InputError(f"Expected an AnnData or MuData, got {type(source).__name__}.")
     name = model.registry.modalities[0].name if modality is None else model.registry.modality(modality).name
+    if is_mudata(source) and isinstance(groupby, str) and groupby not in source.obs.columns:
+        raise missing_obs_column(source, groupby, "groupby")
     mask1, mask2, label1, label2 = _group_masks(source.obs, groupby, group1, group2)
     if not model.is_trained:
         logger.warning("Differential expression with a model that has not been trained.")

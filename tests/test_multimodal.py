@@ -270,6 +270,27 @@ def test_mudata_needs_modalities(unpaired) -> None:
         scamort.Model(mdata)
 
 
+def test_a_column_only_in_the_modalities_obs_is_refused_with_a_recipe_that_works(unpaired) -> None:
+    mdata, model = unpaired
+    adata = make_cite(n_cells=150, seed=3)
+    bare = split_mudata(adata, thirds(adata.n_obs))
+    bare.obs = bare.obs.drop(columns=["batch", "group"])
+    modalities = {"rna": scamort.Modality(), "prot": scamort.Modality()}
+    hint = r"batch_key 'batch' is a column of the modalities' \.obs \(rna, prot\) but not of mdata\.obs"
+    with pytest.raises(InputError, match=hint):
+        scamort.Model(bare, modalities=modalities, batch_key="batch")
+    with pytest.raises(InputError, match=hint):  # a query MuData, too
+        model.get_latent_representation(bare)
+    bare.mod["rna"].obs["group"] = "g"
+    with pytest.raises(InputError, match=r"groupby 'group' is a column of the modalities' \.obs \(rna\)"):
+        model.differential_expression(bare, groupby="group", group1="g")
+    # The recipe the message gives restores the column every cell had.
+    bare.obs["batch"] = pd.concat([m.obs["batch"] for m in bare.mod.values()]).groupby(level=0).first()
+    assert bare.obs["batch"].astype(str).tolist() == mdata.obs["batch"].astype(str).tolist()
+    restored = model.get_latent_representation(bare)
+    np.testing.assert_array_equal(restored, model.get_latent_representation(mdata))
+
+
 def test_non_integer_protein_counts_are_refused_for_nb() -> None:
     adata = make_cite()
     protein = adata.obsm["protein"].copy()
@@ -283,7 +304,7 @@ def test_bernoulli_needs_zero_one_values_unless_binarize() -> None:
     adata = make_cite()
     adata.layers["atac"] = adata.X.copy()
     spec = {"rna": scamort.Modality(), "atac": scamort.Modality(layer="atac", likelihood="bernoulli")}
-    with pytest.raises(InputError, match=r"values other than 0/1 .*use binarize=True"):
+    with pytest.raises(InputError, match=r"non-binary \(not 0 or 1\) entries .*use binarize=True"):
         scamort.Model(adata, modalities=spec)
     spec["atac"] = scamort.Modality(layer="atac", likelihood="bernoulli", binarize=True)
     scamort.Model(adata, modalities=spec)  # accepted

@@ -321,7 +321,7 @@ def test_validation_knows_the_new_likelihoods() -> None:
         scamort.Model(adata, modalities=spec)
     counts = make_counts(n_cells=60)
     counts.layers["atac"] = counts.X.copy()
-    with pytest.raises(InputError, match=r"values other than 0/1 .*use binarize=True"):
+    with pytest.raises(InputError, match=r"non-binary \(not 0 or 1\) entries .*use binarize=True"):
         scamort.Model(
             counts,
             modalities={

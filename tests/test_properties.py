@@ -819,7 +819,7 @@ def test_backed_files_with_defects_are_refused_like_in_memory(
     elif kind == "bernoulli":
         counts[0, 0] = 2
         kwargs["modalities"] = {"atac": scamort.Modality(likelihood="bernoulli")}
-        message = r"values other than 0/1 entries"
+        message = r"non-binary \(not 0 or 1\) entries"
     else:
         kwargs["layer"] = data.draw(st.sampled_from(["counts", "raw"]))
         message = r"[Bb]acked.*(\.X|layer)"  # "backed data is read from .X only", not a complaint about .X
@@ -964,7 +964,7 @@ def test_bernoulli_needs_binary_values_or_binarize(counts: np.ndarray, data: st.
     before = snapshot(adata)
     first = sorted(zip(*np.nonzero(counts > 1), strict=True))[0]
     message = re.escape(
-        f"adata.X has {int((counts > 1).sum())} values other than 0/1 entries "
+        f"adata.X has {int((counts > 1).sum())} non-binary (not 0 or 1) entries "
         f"(first at cell 'cell{first[0]}', feature 'gene{first[1]}'): use binarize=True"
     )
     bernoulli = {"atac": scamort.Modality(likelihood="bernoulli")}

@@ -95,7 +95,7 @@ def _to_cell_data(
     if registry.batch_key is not None:
         categorical.insert(0, batch)
     continuous = [
-        check_continuous_column(adata.obs, key, "Continuous covariate")
+        check_continuous_column(adata, key, "Continuous covariate")
         for key in registry.continuous_covariate_keys
     ]
     return CellData(

@@ -108,7 +108,7 @@ class Registry:
 
 
 def _categories(adata: ad.AnnData, key: str, role: str) -> tuple[str, ...]:
-    column = check_categorical_column(adata.obs, key, role)
+    column = check_categorical_column(adata, key, role)
     original = adata.obs[key]
     if hasattr(original, "cat"):
         used = set(column)
@@ -137,7 +137,7 @@ def build_registry(
     categorical_keys = list(categorical_covariate_keys or [])
     continuous_keys = list(continuous_covariate_keys or [])
     for key in continuous_keys:
-        check_continuous_column(adata.obs, key, "Continuous covariate")
+        check_continuous_column(adata, key, "Continuous covariate")
     modalities = tuple(
         ModalityRegistry(name, modality, tuple(map(str, names)))
         for name, (modality, names) in modality_features.items()
@@ -163,7 +163,7 @@ def build_registry(
 
 def category_codes(adata: ad.AnnData, key: str, categories: Sequence[str], role: str) -> np.ndarray:
     """Integer codes of ``adata.obs[key]`` in the registry's category order; unseen ones refused."""
-    column = check_categorical_column(adata.obs, key, role)
+    column = check_categorical_column(adata, key, role)
     lookup = {c: i for i, c in enumerate(categories)}
     codes = column.map(lookup)
     unseen = column[codes.isna()].unique()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,13 @@ import scipy.sparse as sp
 
 from scamort.errors import InputError
 
-__all__ = ["check_categorical_column", "check_continuous_column", "check_counts", "check_obs_key"]
+__all__ = [
+    "check_categorical_column",
+    "check_continuous_column",
+    "check_counts",
+    "check_obs_key",
+    "missing_obs_column",
+]
 
 
 def _first_location(
@@ -53,7 +60,7 @@ def check_counts(
         ),
     ]
     if binary:
-        checks.append((data > 1, "values other than 0/1", "use binarize=True or a count likelihood"))
+        checks.append((data > 1, "non-binary (not 0 or 1)", "use binarize=True or a count likelihood"))
     for bad, what, fix in checks:
         n_bad = int(np.count_nonzero(bad))
         if n_bad:
@@ -61,17 +68,39 @@ def check_counts(
             raise InputError(f"{where} has {n_bad} {what} entries (first at {location}): {fix}.")
 
 
-def check_obs_key(obs: pd.DataFrame, key: str, role: str) -> pd.Series:
-    """Return ``obs[key]`` or raise a clear error listing the available columns."""
-    if key not in obs.columns:
-        available = ", ".join(map(repr, obs.columns[:20])) or "none"
-        raise InputError(f"{role} {key!r} is not a column of adata.obs (available: {available}).")
-    return obs[key]
+def missing_obs_column(data: Any, key: str, role: str) -> InputError:
+    """The error for a column missing from ``data.obs``; for a MuData, say which modalities hold it.
+
+    Parameters
+    ----------
+    data
+        The AnnData or MuData whose ``.obs`` lacks ``key``.
+    key, role
+        The column and what it is for (e.g. ``"batch_key"``), as the message names them.
+    """
+    modalities = getattr(data, "mod", None)
+    holders = [name for name, mod in (modalities or {}).items() if key in mod.obs.columns]
+    if holders:
+        return InputError(
+            f"{role} {key!r} is a column of the modalities' .obs ({', '.join(holders)}) but not of "
+            f"mdata.obs; copy it there first, e.g. mdata.obs[{key!r}] = "
+            f"pd.concat([m.obs[{key!r}] for m in mdata.mod.values()]).groupby(level=0).first()."
+        )
+    available = ", ".join(map(repr, data.obs.columns[:20])) or "none"
+    where = "mdata.obs" if modalities is not None else "adata.obs"
+    return InputError(f"{role} {key!r} is not a column of {where} (available: {available}).")
 
 
-def check_categorical_column(obs: pd.DataFrame, key: str, role: str) -> pd.Series:
-    """Return the column as strings, refusing missing values."""
-    column = check_obs_key(obs, key, role)
+def check_obs_key(data: Any, key: str, role: str) -> pd.Series:
+    """Return ``data.obs[key]`` (an AnnData or MuData) or raise a clear error naming what there is."""
+    if key not in data.obs.columns:
+        raise missing_obs_column(data, key, role)
+    return data.obs[key]
+
+
+def check_categorical_column(data: Any, key: str, role: str) -> pd.Series:
+    """Return ``data.obs[key]`` as strings, refusing missing values."""
+    column = check_obs_key(data, key, role)
     n_missing = int(column.isna().sum())
     if n_missing:
         raise InputError(
@@ -81,9 +110,9 @@ def check_categorical_column(obs: pd.DataFrame, key: str, role: str) -> pd.Serie
     return column.astype(str)
 
 
-def check_continuous_column(obs: pd.DataFrame, key: str, role: str) -> np.ndarray:
-    """Return the column as float64, refusing non-numeric or non-finite values."""
-    column = check_obs_key(obs, key, role)
+def check_continuous_column(data: Any, key: str, role: str) -> np.ndarray:
+    """Return ``data.obs[key]`` as float64, refusing non-numeric or non-finite values."""
+    column = check_obs_key(data, key, role)
     try:
         values = column.to_numpy(dtype=np.float64)
     except (TypeError, ValueError):
