@@ -1,7 +1,7 @@
 """The ``scamort`` command line: ``scamort demo``, ``scamort fit`` and ``scamort embed``.
 
 Exit status: 0 on success, 2 for a usage or input error (one line on stderr, no traceback),
-130 when interrupted.
+1 for an unexpected failure (one line too; ``-vv`` prints its traceback), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 PROG = "scamort"
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 OUTPUT_SUFFIXES = (".h5ad", ".h5mu", ".csv", ".parquet")
@@ -190,7 +191,7 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
     )
     fit.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     fit.add_argument("--model-dir", type=Path, metavar="DIR", help="also save the trained model here")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     fit.add_argument("--no-progress", action="store_true", help="hide the training progress bar")
     fit.set_defaults(handler=_run_fit, base_verbosity=0)
 
@@ -304,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 2 for usage or input errors, 130 when interrupted.
+        Exit status: 0 on success, 2 for usage or input errors, 1 for an unexpected failure, 130 when
+        interrupted.
     """
     parser = build_parser()
     try:
@@ -322,6 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an environment failure: still one line, details with -vv
+        logger.debug("Details of the error:", exc_info=True)
+        print(
+            f"{PROG}: error: unexpected {type(exc).__name__}: {_error_message(exc)[:300]} "
+            "(rerun with -vv for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     finally:
         _remove_logging(log_handler)
     return EXIT_OK
@@ -403,12 +413,14 @@ def _run_demo(args: argparse.Namespace) -> None:
 def _run_fit(args: argparse.Namespace) -> None:
     """``scamort fit``."""
     import scamort
-    from scamort.export import embed
+    from scamort.export import check_key_added, embed
+    from scamort.io import check_save_target
 
     _check_single_modality_options(args)
+    check_key_added(args.key_added)
     _check_output(args.out, overwrite=args.overwrite)
     if args.model_dir is not None:
-        _check_model_dir_free(args.model_dir, overwrite=args.overwrite)
+        check_save_target(args.model_dir, overwrite=args.overwrite)
     adata = _read_h5ad(args.input)
     _check_output_kind(adata, args.out)
     model = scamort.Model(
@@ -432,10 +444,11 @@ def _run_fit(args: argparse.Namespace) -> None:
 def _run_embed(args: argparse.Namespace) -> None:
     """``scamort embed``."""
     import scamort
-    from scamort.export import embed
+    from scamort.export import check_key_added, embed
 
     if not args.model_dir.is_dir():
         raise FileNotFoundError(f"No saved model folder at {args.model_dir}.")
+    check_key_added(args.key_added)
     _check_output(args.out, overwrite=args.overwrite)
     adata = _read_h5ad(args.input)
     _check_output_kind(adata, args.out)
@@ -495,12 +508,6 @@ def _check_output_kind(data: object, path: Path) -> None:
     if (is_mudata and suffix == ".h5ad") or (not is_mudata and suffix == ".h5mu"):
         wanted = ".h5mu" if is_mudata else ".h5ad"
         raise ValueError(f"Output file {path} must end in {wanted} (or .csv / .parquet) for this input.")
-
-
-def _check_model_dir_free(path: Path, *, overwrite: bool) -> None:
-    """Fail before training when the model folder exists and may not be replaced."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"Model folder {path} exists; pass --overwrite to replace it.")
 
 
 def _write_result(adata: AnnData, path: Path, *, key: str) -> None:

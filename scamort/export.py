@@ -18,11 +18,19 @@ import pandas as pd
 from scipy import sparse
 
 from scamort._version import __version__
+from scamort.errors import InputError
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["EMBEDDING_SUFFIXES", "amortization_gap", "embed", "embedding_frame", "write_embedding"]
+__all__ = [
+    "EMBEDDING_SUFFIXES",
+    "amortization_gap",
+    "check_key_added",
+    "embed",
+    "embedding_frame",
+    "write_embedding",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +91,7 @@ def embed(
             arguments (those left at ``None`` are omitted: older h5ad writers cannot store
             ``None``).
     """
+    check_key_added(key_added)
     if not model.is_trained:
         logger.warning("Embedding with a model that has not been trained; call model.train() first.")
     latent = np.asarray(model.get_latent_representation(adata, refine_steps=refine_steps), dtype=np.float32)
@@ -97,6 +106,26 @@ def embed(
     target.uns[key_added] = {"params": _embedding_params(model, refine_steps)}
     logger.info("Stored a %d-dimensional embedding in .obsm[%r].", latent.shape[1], key_added)
     return target if copy else None
+
+
+def check_key_added(key_added: Any) -> None:
+    """Refuse a key that an .h5ad file cannot store (empty, or with a ``/``, its path separator).
+
+    Parameters
+    ----------
+    key_added
+        The ``.obsm`` / ``.obs`` / ``.uns`` key about to be written.
+
+    Raises
+    ------
+    InputError
+        If the key is not a non-empty string without ``/``.
+    """
+    if not isinstance(key_added, str) or not key_added or "/" in key_added:
+        raise InputError(
+            f"key_added must be a non-empty string without '/' (an .h5ad file cannot store it); got "
+            f"{key_added!r}."
+        )
 
 
 def _embedding_params(model: _LatentModel, refine_steps: int) -> dict[str, Any]:
@@ -117,7 +146,7 @@ def _drop_none(params: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, Mapping):
             value = _drop_none(value)
-        elif isinstance(value, tuple):
+        elif isinstance(value, tuple | list):
             value = list(value)
         clean[str(name)] = value
     return clean
@@ -241,6 +270,7 @@ def amortization_gap(
         ``.uns[key_added]``
             ``{"params": {...}, "summary": {...}}`` (mean closure per step, gap quantiles, timings).
     """
+    check_key_added(key_added)
     gap = model.amortization_gap(adata, steps=steps, n_optimum_steps=n_optimum_steps)
     target = adata.copy() if copy else adata
     target.obs[key_added] = gap.gap

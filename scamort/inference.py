@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from scamort.data.cell_data import CellData, Minibatch, ModalityBatch
+from scamort.errors import InputError
 from scamort.module import VAE, Posterior, gaussian_kl, standard_normal_log_prob
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "marginal_log_likelihood",
     "normalized_expression",
     "posterior_predictive",
+    "posterior_rows",
     "repeat_minibatch",
 ]
 
@@ -30,6 +32,45 @@ __all__ = [
 MAX_DECODED_ROWS = 16_384
 
 PosteriorArrays = tuple[np.ndarray, np.ndarray]
+
+
+def posterior_rows(
+    posteriors: PosteriorArrays, rows: slice | np.ndarray, n_cells: int, device: torch.device
+) -> Posterior:
+    """Rows ``rows`` of given ``(mean, log_variance)`` arrays, each ``(n_cells, n_latent)``, as a
+    float32 :class:`Posterior` on ``device`` (float64 numpy arithmetic would not meet float32 weights).
+
+    Parameters
+    ----------
+    posteriors
+        ``(mean, log_variance)``, each ``(n_cells, n_latent)``, any float dtype.
+    rows
+        The rows to take.
+    n_cells
+        Cells the arrays must cover (one row each).
+    device
+        Where the tensors go.
+
+    Returns
+    -------
+    Posterior
+        ``mean`` and ``log_variance`` of shape ``(len(rows), n_latent)``, float32.
+
+    Raises
+    ------
+    InputError
+        If the arrays do not have one row per cell (``n_cells``) and the same shape.
+    """
+    mean, log_variance = posteriors
+    if np.shape(mean) != np.shape(log_variance) or len(mean) != n_cells:
+        raise InputError(
+            f"posteriors must be two arrays of shape (n_cells, n_latent), one row per cell ({n_cells}); "
+            f"got {np.shape(mean)} and {np.shape(log_variance)}."
+        )
+    return Posterior(
+        torch.as_tensor(mean[rows], dtype=torch.float32, device=device),
+        torch.as_tensor(log_variance[rows], dtype=torch.float32, device=device),
+    )
 
 
 def _batches(
@@ -48,11 +89,7 @@ def _batches(
         if posteriors is None:
             posterior = module.posterior(batch, modalities)
         else:
-            rows = slice(start, start + batch_size)
-            posterior = Posterior(
-                torch.as_tensor(posteriors[0][rows], device=device),
-                torch.as_tensor(posteriors[1][rows], device=device),
-            )
+            posterior = posterior_rows(posteriors, slice(start, start + batch_size), len(index), device)
         yield batch, posterior
 
 

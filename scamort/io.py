@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 from scamort._version import __version__
 from scamort.errors import InputError
 
-__all__ = ["FORMAT_VERSION", "SavedModel", "load", "save"]
+__all__ = ["FORMAT_VERSION", "SavedModel", "check_save_target", "load", "save"]
 
 #: Version of the on-disk layout; bump when a change would make old files load wrongly.
 FORMAT_VERSION = 1
@@ -42,6 +43,37 @@ def _to_list(array: np.ndarray | None) -> list[int] | None:
     return None if array is None else np.asarray(array).tolist()
 
 
+def check_save_target(dir_path: str | Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, a target that exists (unless ``overwrite``) or is not a saved model.
+
+    ``overwrite`` replaces only a saved scamort model (a folder with ``model.json``) or an empty folder,
+    never a file or a folder of other things.
+
+    Raises
+    ------
+    FileExistsError
+        If ``dir_path`` exists and may not be replaced.
+    """
+    target = Path(dir_path)
+    if not target.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it.")
+    if not target.is_dir():
+        raise FileExistsError(f"{target} is a file, not a model folder; choose another path to save to.")
+    if not (target / SPEC_FILE).is_file() and any(target.iterdir()):
+        raise FileExistsError(
+            f"{target} is a folder of other files, not a saved scamort model (no {SPEC_FILE}); "
+            "overwrite only replaces a saved model, so choose another path to save to."
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save(
     dir_path: str | Path,
     *,
@@ -53,10 +85,13 @@ def save(
     split: dict[str, np.ndarray | None],
     is_trained: bool,
 ) -> None:
-    """Write a model directory atomically: build it next to the target, then rename into place."""
+    """Write a model directory atomically: build it next to the target, then rename into place.
+
+    A previous model at the target stays in place until the new one is complete, and is put back if
+    the final rename fails or is interrupted.
+    """
     target = Path(dir_path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it.")
+    check_save_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     spec = {
         "format_version": FORMAT_VERSION,
@@ -69,6 +104,7 @@ def save(
         "is_trained": is_trained,
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; a model folder is a plain folder
     try:
         (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1))
         cpu_state = {k: v.detach().cpu() for k, v in state_dict.items()}
@@ -77,7 +113,11 @@ def save(
             retired = target.with_name(f".{target.name}.old")
             shutil.rmtree(retired, ignore_errors=True)
             os.replace(target, retired)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(retired, target)
+                raise
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, target)
@@ -103,7 +143,17 @@ def load(dir_path: str | Path) -> SavedModel:
             f"{path} uses save format {version} (scamort {spec.get('scamort_version')}); this "
             f"scamort ({__version__}) reads format {FORMAT_VERSION}: {advice}."
         )
-    state_dict = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} is not a complete saved scamort model (no {WEIGHTS_FILE} in it).")
+    try:
+        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"{weights} cannot be read ({first_line}); the file is damaged or not scamort's: save the "
+            "model again."
+        ) from None
     history = spec["history"]
     return SavedModel(
         init_params=spec["init_params"],

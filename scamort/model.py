@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -73,6 +74,29 @@ def _private_sizes(value: int | Mapping[str, int], modalities: Mapping[str, Moda
 def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
     if not isinstance(value, int | np.integer) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _positions(indices: Sequence[int] | np.ndarray, n_cells: int) -> np.ndarray:
+    """Cell positions ``(k,)`` int64 from integer positions (negative ones count from the end) or a
+    boolean mask of ``n_cells`` entries; refuses empty, fractional and out-of-range selections."""
+    index = np.asarray(indices)
+    if index.size == 0:
+        raise InputError("indices selects no cells; pass at least one position, or None for every cell.")
+    if index.dtype == bool:
+        if index.shape != (n_cells,):
+            raise InputError(
+                f"A boolean indices mask needs one entry per cell ({n_cells}); got shape {index.shape}."
+            )
+        return np.flatnonzero(index).astype(np.int64)
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+        raise InputError(
+            f"indices must be a 1-d list of integer positions or a boolean mask; got {index.dtype} values "
+            f"of shape {index.shape}."
+        )
+    outside = index[(index < -n_cells) | (index >= n_cells)]
+    if outside.size:
+        raise InputError(f"indices must lie in [-{n_cells}, {n_cells}); got {outside[0]}.")
+    return np.where(index < 0, index + n_cells, index).astype(np.int64)
 
 
 def _modalities(
@@ -207,12 +231,13 @@ class Model:
         _check_choice(dispersion, DISPERSIONS, "dispersion")
         for value, name in ((n_latent, "n_latent"), (n_hidden, "n_hidden"), (n_layers, "n_layers")):
             _check_positive_int(value, name)
+        _check_positive_int(seed, "seed", minimum=0)
         private = _private_sizes(n_private_latent, modalities)
         for value, name in ((dropout_rate, "dropout_rate"), (modality_dropout, "modality_dropout")):
-            if not 0 <= value < 1:
-                raise InputError(f"{name} must be in [0, 1), got {value}.")
+            if not (isinstance(value, numbers.Real) and 0 <= value < 1):
+                raise InputError(f"{name} must be a number in [0, 1), got {value!r}.")
         for value, name in ((alignment_weight, "alignment_weight"), (mixing_weight, "mixing_weight")):
-            if not (isinstance(value, int | float) and 0 <= value < float("inf")):
+            if not (isinstance(value, numbers.Real) and 0 <= value < float("inf")):
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}.")
         init_params = {
             "layer": layer,
@@ -220,15 +245,15 @@ class Model:
             "labels_key": labels_key,
             "categorical_covariate_keys": list(categorical_covariate_keys or []),
             "continuous_covariate_keys": list(continuous_covariate_keys or []),
-            "n_latent": n_latent,
-            "n_hidden": n_hidden,
-            "n_layers": n_layers,
-            "dropout_rate": dropout_rate,
+            "n_latent": int(n_latent),
+            "n_hidden": int(n_hidden),
+            "n_layers": int(n_layers),
+            "dropout_rate": float(dropout_rate),
             "likelihood": likelihood,
             "dispersion": dispersion,
-            "seed": seed,
+            "seed": int(seed),
             "modalities": {name: asdict(m) for name, m in modalities.items()},
-            "modality_dropout": modality_dropout,
+            "modality_dropout": float(modality_dropout),
             "alignment_weight": float(alignment_weight),
             "library_heads": True,
             "n_private_latent": private,
@@ -424,21 +449,11 @@ class Model:
         self, adata: ad.AnnData | None, indices: Sequence[int] | np.ndarray | None
     ) -> tuple[CellData, np.ndarray, pd.Index]:
         """Tensors on the model's device, the positions to use, and their obs names."""
-        if adata is None:
-            source, data = self.adata, self._data
-        else:
-            if not isinstance(adata, ad.AnnData) and not is_mudata(adata):
-                raise InputError(f"Expected an AnnData or MuData, got {type(adata).__name__}.")
-            source, data = adata, encode_cells(adata, self.registry)
-        if indices is None:
-            index = np.arange(data.n_cells)
-        else:
-            index = np.asarray(indices)
-            if index.dtype == bool:
-                index = np.flatnonzero(index)
-            if index.size and (index.min() < -data.n_cells or index.max() >= data.n_cells):
-                raise InputError(f"indices must lie in [0, {data.n_cells}); got {index.max()}.")
-            index = np.where(index < 0, index + data.n_cells, index).astype(np.int64)
+        if adata is not None and not isinstance(adata, ad.AnnData) and not is_mudata(adata):
+            raise InputError(f"Expected an AnnData or MuData, got {type(adata).__name__}.")
+        source = self.adata if adata is None else adata
+        index = np.arange(source.n_obs) if indices is None else _positions(indices, source.n_obs)
+        data = self._data if adata is None else encode_cells(adata, self.registry)
         return data.to(self.device), index, source.obs_names[index]
 
     def _posteriors(
@@ -1010,11 +1025,24 @@ class Model:
             If ``adata`` lacks the model's genes, has unseen categories, or the save format is
             incompatible.
         """
+        if not (is_mudata(adata) or isinstance(adata, ad.AnnData)):
+            raise InputError(
+                f"Model.load attaches the model to an AnnData or MuData (read the file first, e.g. "
+                f"anndata.read_h5ad); got {type(adata).__name__}."
+            )
+        target_device = resolve_device(device)
         saved = io.load(dir_path)
         model = cls.__new__(cls)
         model._setup(adata, Registry.from_dict(saved.registry), saved.init_params)
-        model.module.load_state_dict(saved.state_dict)
-        model.module.to(resolve_device(device)).eval()
+        try:
+            model.module.load_state_dict(saved.state_dict)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise InputError(
+                f"The weights in {dir_path} do not fit the model its model.json describes ({detail}); "
+                "the folder mixes files of different models: save the model again."
+            ) from None
+        model.module.to(target_device).eval()
         model.history = saved.history
         model.train_indices = saved.split.get("train_indices")
         model.validation_indices = saved.split.get("validation_indices")

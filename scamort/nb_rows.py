@@ -2,8 +2,10 @@
 
 The training step's dominant cost is elementwise work on dense ``(cells, genes)`` matrices. Autograd on
 the NB formula allocates and fills several dense gradient buffers (one per gathered term). Here the
-forward pass makes four dense passes (``exp``, ``+``, ``log``, a matrix-vector product) and the backward
-pass three, with the count-dependent terms touched only at the nonzero entries. The result and the
+forward pass makes a few dense passes (``exp``, ``+``, ``log1p`` of ``mu / theta``, a matrix-vector
+product) and the backward pass a few more, with the count-dependent terms touched only at the nonzero
+entries. ``log p(0)`` is taken as ``-theta log1p(mu / theta)``, which stays exact in float32 when
+``theta >> mu``. The result and the
 gradients are exact (checked against autograd on the dense formula with ``gradcheck`` in the tests).
 """
 
@@ -22,26 +24,26 @@ class _NegativeBinomialRows(torch.autograd.Function):
         theta = log_theta.exp()
         mu = log_mu.exp()
         theta_plus_mu = theta + mu
-        log_theta_plus_mu = theta_plus_mu.log()
+        # log((theta + mu) / theta): log p(0) = -theta log1p(mu / theta) does not cancel in float32
+        # when theta >> mu, as theta (log theta - log(theta + mu)) does.
+        log1p_ratio = torch.log1p(mu / theta)
         per_feature = log_theta.dim() == 1
-        if per_feature:
-            at_zero = (theta * log_theta).sum() - log_theta_plus_mu @ theta
-        else:
-            at_zero = (theta * (log_theta - log_theta_plus_mu)).sum(-1)
+        at_zero = -(log1p_ratio @ theta) if per_feature else -(theta * log1p_ratio).sum(-1)
         flat = row * n_features + col
         theta_nz = theta[col] if per_feature else theta.reshape(-1)[flat]
+        log_theta_nz = log_theta[col] if per_feature else log_theta.reshape(-1)[flat]
         nonzero = (
             torch.lgamma(values + theta_nz)
             - torch.lgamma(theta_nz)
-            + values * (log_mu.reshape(-1)[flat] - log_theta_plus_mu.reshape(-1)[flat])
+            + values * (log_mu.reshape(-1)[flat] - log_theta_nz - log1p_ratio.reshape(-1)[flat])
         )
-        ctx.save_for_backward(log_theta, theta, mu, theta_plus_mu, log_theta_plus_mu, row, col, values)
+        ctx.save_for_backward(log_theta, theta, mu, theta_plus_mu, log1p_ratio, row, col, values)
         return at_zero.index_add(0, row, nonzero)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        log_theta, theta, mu, theta_plus_mu, log_theta_plus_mu, row, col, values = ctx.saved_tensors
+        log_theta, theta, mu, theta_plus_mu, log1p_ratio, row, col, values = ctx.saved_tensors
         n_features = mu.shape[1]
         per_feature = log_theta.dim() == 1
         flat = row * n_features + col
@@ -60,12 +62,13 @@ class _NegativeBinomialRows(torch.autograd.Function):
                 torch.digamma(values + theta_nz) - torch.digamma(theta_nz) - values * ratio_nz / theta_nz
             )
             # d/dtheta at zero counts: log theta + 1 - log(theta + mu) - theta / (theta + mu)
+            # = mu / (theta + mu) - log1p(mu / theta), in the form that does not cancel
+            at_zero = mu / theta_plus_mu - log1p_ratio
             if per_feature:
-                grad_theta = grad_out.sum() * (log_theta + 1) - grad_out @ log_theta_plus_mu
-                grad_theta -= grad_out @ ratio
+                grad_theta = grad_out @ at_zero
                 grad_theta.index_add_(0, col, nonzero)
             else:
-                grad_theta = (log_theta + 1 - log_theta_plus_mu - ratio) * grad_out.unsqueeze(1)
+                grad_theta = at_zero * grad_out.unsqueeze(1)
                 grad_theta.reshape(-1).index_add_(0, flat, nonzero)
             grad_log_theta = grad_theta * theta
         return grad_log_mu, grad_log_theta, None, None, None

@@ -111,6 +111,10 @@ def embedding(
     A thin wrapper over :func:`scanpy.pl.embedding` that never shows and returns the Figure.
     Several ``color`` keys give panels side by side.
 
+    Like scanpy's own plots it writes into ``adata``, and only this: a string ``.obs`` column used as
+    ``color`` becomes categorical, and its palette is stored in ``.uns[f"{color}_colors"]`` so that
+    later plots keep the same colours. Pass ``adata.copy()`` to leave ``adata`` untouched.
+
     Parameters
     ----------
     adata

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from scamort.data.cell_data import CellData, Minibatch
-from scamort.inference import MAX_DECODED_ROWS, repeat_minibatch
+from scamort.inference import MAX_DECODED_ROWS, posterior_rows, repeat_minibatch
 from scamort.module import VAE, Posterior, gaussian_kl
 
 __all__ = [
@@ -311,10 +311,7 @@ def elbo_with_fixed_noise(
             if posteriors is None:
                 posterior = module.posterior(batch)
             else:
-                posterior = Posterior(
-                    torch.as_tensor(posteriors[0][rows], device=data.device),
-                    torch.as_tensor(posteriors[1][rows], device=data.device),
-                )
+                posterior = posterior_rows(posteriors, rows, len(index), data.device)
             noise = fixed_normal_noise(ids, n_samples, module.config.n_latent, seed, stream)
             out.append(_noise_elbo(module, _Repeats(batch), posterior, noise).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

@@ -83,7 +83,8 @@ def test_empty_cells_are_counted_and_the_fix_is_named() -> None:
         ({"likelihood": "gaussian"}, r"likelihood='gaussian' is not supported"),
         ({"dispersion": "cell"}, r"dispersion='cell' is not supported"),
         ({"n_latent": 0}, r"n_latent must be an integer >= 1"),
-        ({"dropout_rate": 1.5}, r"dropout_rate must be in \[0, 1\)"),
+        ({"dropout_rate": 1.5}, r"dropout_rate must be a number in \[0, 1\), got 1.5"),
+        ({"dropout_rate": "0.1"}, r"dropout_rate must be a number in \[0, 1\), got .0.1."),
     ],
 )
 def test_unknown_keys_and_options_are_refused(counts_adata, kwargs, message) -> None:

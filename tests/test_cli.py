@@ -213,3 +213,45 @@ def test_demo_quick_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFi
     assert 0.0 <= metrics["nmi"] <= 1.0 and np.isfinite(metrics["heldout_elbo_per_cell"])
     result = ad.read_h5ad(out / "worm_scamort.h5ad")
     assert {"X_scamort", "X_umap"} <= set(result.obsm) and "leiden" in result.obs
+
+
+def test_overwrite_never_replaces_a_folder_of_other_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--model-dir`` pointing at a working folder is refused before training, even with --overwrite."""
+    source = write_counts(tmp_path / "in.h5ad")
+    out = tmp_path / "o.h5ad"
+    args = ["fit", str(source), "--out", str(out), "--model-dir", str(tmp_path), "--overwrite", *FAST]
+    assert main(args) == 2
+    assert_one_line_error(capsys.readouterr().err, "not a saved scamort model")
+    assert source.is_file() and not out.exists()
+
+
+@pytest.mark.parametrize("key", ["", "X/scamort"])
+def test_unstorable_key_added_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    source = write_counts(tmp_path / "in.h5ad")
+    out = tmp_path / "o.h5ad"
+    assert main(["fit", str(source), "--out", str(out), "--key-added", key, *FAST]) == 2
+    assert_one_line_error(capsys.readouterr().err, "key_added must be a non-empty string without '/'")
+    assert not out.exists()
+
+
+def test_negative_seed_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "in.h5ad", "--out", str(tmp_path / "o.h5ad"), "--seed", "-5"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_an_unexpected_failure_is_one_line_with_exit_code_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scamort
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("something\ninside broke")
+
+    monkeypatch.setattr(scamort.Model, "train", broken)
+    source = write_counts(tmp_path / "in.h5ad")
+    assert main(["fit", str(source), "--out", str(tmp_path / "o.h5ad"), *FAST]) == 1
+    assert_one_line_error(capsys.readouterr().err, "unexpected RuntimeError: something inside broke", "-vv")

@@ -106,6 +106,17 @@ def test_embedding_returns_figure(adata_umap: ad.AnnData) -> None:
     assert isinstance(fig, Figure)
 
 
+def test_embedding_writes_only_what_its_docstring_says(adata_umap: ad.AnnData) -> None:
+    adata_umap.obs["kind"] = np.where(np.arange(50) % 2 == 0, "even", "odd")  # a string column
+    before_x, before_umap = adata_umap.X.copy(), adata_umap.obsm["X_umap"].copy()
+    pl.embedding(adata_umap, color=["kind", "g0"])
+    assert set(adata_umap.uns) == {"kind_colors"}
+    assert isinstance(adata_umap.obs["kind"].dtype, pd.CategoricalDtype)
+    np.testing.assert_array_equal(adata_umap.X, before_x)
+    np.testing.assert_array_equal(adata_umap.obsm["X_umap"], before_umap)
+    assert list(adata_umap.obs.columns) == ["label", "leiden", "kind"]
+
+
 def test_embedding_side_by_side_panels(adata_umap: ad.AnnData) -> None:
     fig = pl.embedding(adata_umap, color=["label", "leiden"])
     assert isinstance(fig, Figure)

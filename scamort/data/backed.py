@@ -151,11 +151,13 @@ class BackedCellData:
     def _read(self, rows: np.ndarray) -> CellData:
         """The cells at positions ``rows`` (any order) as an in-memory :class:`CellData` on the device."""
         unique = np.unique(rows)
-        first, last = int(unique[0]), int(unique[-1]) + 1
         parts = []
-        for start, stop in _row_blocks(last - first, self.chunk_size):  # contiguous reads only
-            block = sp.csr_matrix(self.adata.X[first + start : first + stop])
-            wanted = unique[(unique >= first + start) & (unique < first + stop)] - first - start
+        # Contiguous reads of only the chunk_size-aligned blocks that hold a wanted row.
+        for block_id in np.unique(unique // self.chunk_size):
+            start = int(block_id) * self.chunk_size
+            stop = min(start + self.chunk_size, self.adata.n_obs)
+            block = sp.csr_matrix(self.adata.X[start:stop])
+            wanted = unique[(unique >= start) & (unique < stop)] - start
             parts.append(block[wanted])
         counts = sp.vstack(parts).tocsr()[np.searchsorted(unique, rows)]
         if self.binarize:
