@@ -986,11 +986,13 @@ class Model:
         dir_path
             Folder to write (created; its parent must be writable).
         overwrite
-            Replace an existing folder.
+            Replace an existing saved model (or fill an empty folder); a file or a folder of other
+            files is never replaced. The previous model stays in place until the new one is complete.
+
         Raises
         ------
         FileExistsError
-            If ``dir_path`` exists and ``overwrite`` is False.
+            If ``dir_path`` exists and ``overwrite`` is False, or it is not a saved model.
         """
         io.save(
             dir_path,
@@ -1019,11 +1021,19 @@ class Model:
             its categorical columns may only hold categories the model knows.
         device
             Where to place the weights (``"auto"``: CUDA when available).
+
+        Returns
+        -------
+        Model
+            The loaded model, attached to ``adata``.
+
         Raises
         ------
         InputError
-            If ``adata`` lacks the model's genes, has unseen categories, or the save format is
-            incompatible.
+            If ``adata`` is not an AnnData/MuData, lacks the model's genes or has unseen categories;
+            if the save format is incompatible; or if the weights are damaged or do not fit.
+        FileNotFoundError
+            If ``dir_path`` holds no ``model.json`` or no ``weights.pt``.
         """
         if not (is_mudata(adata) or isinstance(adata, ad.AnnData)):
             raise InputError(
