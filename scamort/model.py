@@ -6,7 +6,7 @@ import logging
 import numbers
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +366,10 @@ class Model:
     ) -> pd.DataFrame:
         """Fit the model by minibatch stochastic variational inference.
 
+        A second call continues from the current weights as a new run: a fresh optimizer, its own
+        KL warm-up and epoch count, and a history that replaces ``self.history``. To resume an
+        interrupted run exactly, use ``checkpoint_dir``.
+
         Parameters
         ----------
         max_epochs
@@ -413,10 +417,8 @@ class Model:
         """
         max_epochs = default_max_epochs(self._data.n_cells) if max_epochs is None else max_epochs
         _check_choice(lr_scaling, tuple(LR_SCALING_EXPONENTS), "lr_scaling")
-        # by the global batch: under torchrun each process takes batch_size
-        global_batch = batch_size * int(os.environ.get("WORLD_SIZE", "1"))
-        lr = lr * (global_batch / 128) ** LR_SCALING_EXPONENTS[lr_scaling]
-        config = TrainConfig(
+        _check_positive_int(checkpoint_every, "checkpoint_every")
+        as_given = TrainConfig(  # checks the options as the user gave them, before any is derived
             max_epochs=max_epochs,
             batch_size=batch_size,
             lr=lr,
@@ -425,10 +427,16 @@ class Model:
             train_size=train_size,
             early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
-            kl_warmup_epochs=max(1, max_epochs // 4) if kl_warmup_epochs is None else kl_warmup_epochs,
+            kl_warmup_epochs=0 if kl_warmup_epochs is None else kl_warmup_epochs,
             seed=self.init_params["seed"],
         )
-        _check_positive_int(checkpoint_every, "checkpoint_every")
+        # by the global batch: under torchrun each process takes batch_size
+        global_batch = batch_size * int(os.environ.get("WORLD_SIZE", "1"))
+        config = replace(
+            as_given,
+            lr=lr * (global_batch / 128) ** LR_SCALING_EXPONENTS[lr_scaling],
+            kl_warmup_epochs=max(1, max_epochs // 4) if kl_warmup_epochs is None else kl_warmup_epochs,
+        )
         result = fit(
             self.module,
             self._data,

@@ -96,6 +96,46 @@ def test_non_finite_loss_stops_training_and_keeps_last_good_weights(monkeypatch)
         torch.testing.assert_close(_weights(model)[name], tensor, rtol=0, atol=0)
 
 
+def test_a_last_step_that_breaks_the_weights_is_rolled_back() -> None:
+    """One step per epoch: the loss is computed before the step that breaks the weights, so only the
+    validation pass and the weights can tell; the model must keep finite weights."""
+    model = scamort.Model(make_counts(n_cells=150))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss or weights"):
+        model.train(max_epochs=5, lr=1e2, batch_size=256, lr_scaling="none", progress_bar=False)
+    assert all(torch.isfinite(p).all() for p in model.module.parameters())
+    assert np.isfinite(model.get_elbo())
+
+
+def test_checkpoint_from_another_model_or_other_data_is_refused(tmp_path: Path) -> None:
+    scamort.Model(make_counts(n_cells=120)).train(
+        checkpoint_dir=tmp_path, **{**TRAIN_OPTIONS, "max_epochs": 2}
+    )
+    other_cells = scamort.Model(make_counts(n_cells=100, seed=5))
+    with pytest.raises(scamort.InputError, match=r"belongs to another model or other data \(differs in: "):
+        other_cells.train(checkpoint_dir=tmp_path, **{**TRAIN_OPTIONS, "max_epochs": 2})
+    wider = scamort.Model(make_counts(n_cells=120), n_hidden=64)
+    with pytest.raises(scamort.InputError, match=r"differs in: module"):
+        wider.train(checkpoint_dir=tmp_path, **{**TRAIN_OPTIONS, "max_epochs": 2})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 2.5}, r"batch_size must be a whole number, got 2\.5"),
+        ({"max_epochs": "3"}, r"max_epochs must be a whole number, got '3'"),
+        ({"lr": "0.001"}, r"lr must be a finite number, got '0\.001'"),
+        ({"weight_decay": float("inf")}, r"weight_decay must be a finite number, got inf"),
+        ({"batch_size": True}, r"batch_size must be a whole number, got True"),
+        ({"early_stopping_patience": 1.5}, r"early_stopping_patience must be a whole number"),
+        ({"batch_size": -128, "lr_scaling": "sqrt"}, r"batch_size must be at least 1, got -128"),
+        ({"lr": -1e-3, "batch_size": 256}, r"lr must be positive, got -0\.001\."),
+    ],
+)
+def test_training_options_are_checked_as_given_before_any_work(options, message) -> None:
+    with pytest.raises(scamort.InputError, match=message):
+        scamort.Model(make_counts(n_cells=60, n_genes=10)).train(progress_bar=False, **options)
+
+
 def test_extreme_but_valid_data_trains_without_nan() -> None:
     adata = make_counts(n_cells=200, n_genes=50)
     dense = adata.X.toarray()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -76,15 +77,31 @@ class TrainConfig:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("max_epochs", "batch_size", "kl_warmup_epochs", "early_stopping_patience", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"{name} must be a whole number, got {value!r}.")
+        for name in ("lr", "weight_decay", "train_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value!r}.")
+        seconds = self.max_seconds
         checks = [
             (self.max_epochs >= 1, f"max_epochs must be at least 1, got {self.max_epochs}."),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}."),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}."),
+            (self.lr > 0, f"lr must be positive, got {self.lr}."),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}."),
             (0 < self.train_size <= 1, f"train_size must be in (0, 1], got {self.train_size}."),
             (self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0."),
             (self.early_stopping_patience >= 1, "early_stopping_patience must be >= 1."),
-            (self.max_seconds is None or self.max_seconds > 0, "max_seconds must be positive."),
+            (
+                seconds is None or (isinstance(seconds, numbers.Real) and seconds > 0),
+                f"max_seconds must be a positive number or None, got {seconds!r}.",
+            ),
+            (
+                isinstance(self.early_stopping, bool),
+                f"early_stopping must be True or False, got {self.early_stopping!r}.",
+            ),
         ]
         for ok, message in checks:
             if not ok:

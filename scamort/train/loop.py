@@ -19,7 +19,7 @@ from scamort.data.cell_data import CellData
 from scamort.errors import InputError
 from scamort.module import VAE
 from scamort.train.allocator import keep_freed_memory_for_reuse
-from scamort.train.checkpoint import load_checkpoint, save_checkpoint
+from scamort.train.checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from scamort.train.config import TrainConfig
 from scamort.train.distributed import all_reduce_mean, init_from_environment, rank_and_world_size, shard
 
@@ -188,7 +188,8 @@ def fit(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
     progress = _Progress()
-    saved = load_checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
+    fingerprint = run_fingerprint(module, data)
+    saved = load_checkpoint(checkpoint_dir, config, fingerprint) if checkpoint_dir is not None else None
     if saved is not None:
         module.load_state_dict(saved["module"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -197,7 +198,7 @@ def fit(
         progress = _Progress(**saved["progress"])
         logger.info("resuming from epoch %d", progress.epoch)
 
-    steps_per_epoch = math.ceil(len(train_np) / config.batch_size)
+    steps_per_epoch = math.ceil((len(train_np) // world_size) / config.batch_size)  # per rank
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
     stopped_early = saved is not None and saved["stopped"]
     epochs = _progress_bar_class()(
@@ -225,12 +226,7 @@ def fit(
             totals.add(loss, terms.total_reconstruction, terms.kl)
             progress.step += 1
         train = all_reduce_mean(totals.means(), device)
-        if not math.isfinite(train[0]):
-            module.load_state_dict(last_good)
-            raise NonFiniteLossError(
-                f"Epoch {epoch + 1} produced a non-finite loss; the model keeps its weights from "
-                "before that epoch. Check the data for extreme values or lower lr."
-            )
+        has_validation = len(validation_np) >= world_size
         validation = (
             all_reduce_mean(
                 _evaluate(
@@ -238,9 +234,18 @@ def fit(
                 ),
                 device,
             )
-            if len(validation_np) >= world_size
+            if has_validation
             else [math.nan] * 3
         )
+        # The losses are computed before each step, so the epoch's last step is judged by the
+        # validation pass and the weights themselves; every snapshot kept is thereby known good.
+        finite = math.isfinite(train[0]) and (not has_validation or math.isfinite(validation[0]))
+        if not (finite and _finite_parameters(module)):
+            module.load_state_dict(last_good)
+            raise NonFiniteLossError(
+                f"Epoch {epoch + 1} produced a non-finite loss or weights; the model keeps its weights "
+                "from before that epoch. Check the data for extreme values or lower lr."
+            )
         progress.rows.append(
             _history_row(epoch + 1, kl_weight, train, validation, time.perf_counter() - started)
         )
@@ -253,6 +258,7 @@ def fit(
                 checkpoint_dir,
                 {
                     "config": asdict(config),
+                    "fingerprint": fingerprint,
                     "module": module.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "torch_rng": torch.get_rng_state(),
@@ -272,6 +278,11 @@ def fit(
     module.eval()
     history = pd.DataFrame(progress.rows, columns=HISTORY_COLUMNS)
     return TrainingResult(history, train_np, validation_np)
+
+
+def _finite_parameters(module: torch.nn.Module) -> bool:
+    """Whether every weight is finite (one host sync per epoch)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all())
 
 
 def _early_stopping_says_stop(
