@@ -269,13 +269,22 @@ def posterior_predictive(
     modality: str,
     n_samples: int = 1,
     batch_size: int = 1024,
+    log_library: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Counts drawn from p(x | z), z ~ q(z | x), shape ``(n_samples, n_cells, n_features)``."""
+    """Counts drawn from p(x | z), z ~ q(z | x), shape ``(n_samples, n_cells, n_features)``, at each
+    cell's own library size of ``modality`` or at ``log_library`` ``(n_cells,)`` (e.g. predicted for
+    cells that lack the modality)."""
     module.eval()
     out = []
-    for batch, posterior in _batches(module, data, index, batch_size, None):
+    for start, (batch, posterior) in zip(
+        range(0, len(index), batch_size), _batches(module, data, index, batch_size, None), strict=True
+    ):
+        library = None
+        if log_library is not None:
+            rows = log_library[start : start + batch_size]
+            library = torch.as_tensor(rows, dtype=torch.float32, device=data.device)
         draws = [
-            module.generative(posterior.rsample(), batch)[modality].sample().cpu().numpy()
+            module.decode(posterior.rsample(), batch, modality, library).sample().cpu().numpy()
             for _ in range(n_samples)
         ]
         out.append(np.stack(draws))

@@ -264,6 +264,12 @@ class Model:
             features = {name: list(map(str, adata.var_names)) for name in modalities}
         else:
             read = read_modalities(adata, modalities)
+            for name, entry in read.items():
+                if not entry.present.any():
+                    raise InputError(
+                        f"Modality {name!r} has no measured cells, so there is nothing to learn it from; "
+                        "drop it from modalities= or add cells that have it."
+                    )
             features = {name: read[name].feature_names for name in modalities}
         registry = build_registry(
             {name: (m, features[name]) for name, m in modalities.items()},
@@ -792,6 +798,14 @@ class Model:
         likelihood = self.registry.modality(name).modality.likelihood
         if likelihood == "bernoulli":  # probabilities; float64 like the expected counts below
             return self._feature_frame(proportions.astype(np.float64), names, name)
+        expected = proportions * self._library_sizes(data, index, name)[:, None]
+        if likelihood == "bernoulli_depth":
+            expected = -np.expm1(-expected)
+        return self._feature_frame(expected, names, name)
+
+    def _library_sizes(self, data: CellData, index: np.ndarray, name: str) -> np.ndarray:
+        """Library size of modality ``name`` per cell ``(len(index),)`` float64: the cell's own where it
+        has the modality, else predicted by the library-size head (or the measured cells' median)."""
         tensors = data.modalities[name]
         measured = tensors.present.cpu().numpy()
         all_libraries = np.exp(tensors.log_library.cpu().numpy())
@@ -800,11 +814,7 @@ class Model:
             missing = np.zeros(index.size) if present.all() else self._predicted_library(data, index, name)
         else:
             missing = np.median(all_libraries[measured])
-        depth = np.where(present, all_libraries[index], missing).astype(np.float64)
-        expected = proportions * depth[:, None]
-        if likelihood == "bernoulli_depth":
-            expected = -np.expm1(-expected)
-        return self._feature_frame(expected, names, name)
+        return np.where(present, all_libraries[index], missing).astype(np.float64)
 
     def get_elbo(
         self,
@@ -919,15 +929,24 @@ class Model:
         n_samples
             Draws per cell.
         modality
-            Which modality to sample (default the first).
+            Which modality to sample (default the first). Cells that lack it are sampled at the library
+            size :meth:`impute` uses for them (predicted from their other modalities).
+
         Returns
         -------
         Array of shape ``(n_samples, n_cells, n_features)``.
         """
         _check_positive_int(n_samples, "n_samples")
         data, index, _ = self._cells(adata, indices)
+        name = self._modality_name(modality)
+        lacking = not data.modalities[name].present.cpu().numpy()[index].all()
         return inference.posterior_predictive(
-            self.module, data, index, modality=self._modality_name(modality), n_samples=n_samples
+            self.module,
+            data,
+            index,
+            modality=name,
+            n_samples=n_samples,
+            log_library=np.log(self._library_sizes(data, index, name)) if lacking else None,
         )
 
     def differential_expression(

@@ -352,16 +352,20 @@ class VAE(nn.Module):
 
     def generative(self, z: torch.Tensor, batch: Minibatch) -> dict[str, CountDistribution]:
         """Each modality's distribution given ``z`` of shape ``(batch, n_latent)``."""
-        return {
-            name: self.decoders[name](
-                self.decoder_input(z, name),
-                log_library=batch.modalities[name].log_library,
-                batch_index=batch.batch_index,
-                categorical=batch.categorical,
-                continuous=batch.continuous,
-            )
-            for name in self.modality_names
-        }
+        return {name: self.decode(z, batch, name) for name in self.modality_names}
+
+    def decode(
+        self, z: torch.Tensor, batch: Minibatch, name: str, log_library: torch.Tensor | None = None
+    ) -> CountDistribution:
+        """Modality ``name``'s distribution given ``z`` ``(batch, n_latent)``, at the cells' own log
+        library sizes or at ``log_library`` ``(batch,)``."""
+        return self.decoders[name](
+            self.decoder_input(z, name),
+            log_library=batch.modalities[name].log_library if log_library is None else log_library,
+            batch_index=batch.batch_index,
+            categorical=batch.categorical,
+            continuous=batch.continuous,
+        )
 
     def reconstruction(self, z: torch.Tensor, batch: Minibatch) -> dict[str, torch.Tensor]:
         """``log p(x_m | z)`` per modality and cell (zero where absent), each ``(batch,)``."""

@@ -95,8 +95,10 @@ def _to_cell_data(
     if registry.batch_key is not None:
         categorical.insert(0, batch)
     continuous = [
-        check_continuous_column(adata, key, "Continuous covariate")
-        for key in registry.continuous_covariate_keys
+        (check_continuous_column(adata, key, "Continuous covariate") - mean) / sd
+        for key, (mean, sd) in zip(
+            registry.continuous_covariate_keys, registry.continuous_covariate_scaling, strict=True
+        )
     ]
     return CellData(
         modalities={name: ModalityTensors.from_csr(matrix, present[name]) for name, matrix in counts.items()},

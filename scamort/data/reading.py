@@ -53,9 +53,11 @@ def _as_csr(matrix: object) -> sp.csr_matrix:
 
 
 def read_counts(
-    adata: ad.AnnData, modality: Modality, name: str, container: str = "adata"
+    adata: ad.AnnData, modality: Modality, name: str, container: str = "adata", allow_no_cells: bool = False
 ) -> tuple[sp.csr_matrix, list[str], str]:
     """Return the validated counts of one modality.
+
+    ``allow_no_cells`` accepts a member of a MuData that holds no cells (every cell lacks it).
 
     Returns
     -------
@@ -91,7 +93,7 @@ def read_counts(
         if adata.X is None:
             raise InputError(f"Modality {name!r}: adata.X is empty; pass the count layer with layer=.")
         raw, names = adata.X, list(map(str, adata.var_names))
-    if adata.n_obs == 0 or len(names) == 0:
+    if (adata.n_obs == 0 and not allow_no_cells) or len(names) == 0:
         raise InputError(f"{where} is empty ({adata.n_obs} cells × {len(names)} features); nothing to model.")
     counts = _as_csr(raw)
     check_counts(

@@ -49,6 +49,10 @@ class Registry:
         ``(key, categories)`` pairs of extra categorical covariates.
     continuous_covariate_keys
         Names of continuous covariates (obs columns).
+    continuous_covariate_scaling
+        ``(mean, standard deviation)`` of each continuous covariate over the training cells; the
+        networks see ``(value - mean) / sd`` (sd 1 for a constant column), in training and queries alike,
+        so a covariate's units do not matter. Models saved before this was recorded use ``(0, 1)``.
     """
 
     modalities: tuple[ModalityRegistry, ...]
@@ -58,6 +62,12 @@ class Registry:
     label_categories: tuple[str, ...]
     categorical_covariates: tuple[tuple[str, tuple[str, ...]], ...]
     continuous_covariate_keys: tuple[str, ...]
+    continuous_covariate_scaling: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.continuous_covariate_scaling:  # older saves: the raw values
+            unscaled = tuple((0.0, 1.0) for _ in self.continuous_covariate_keys)
+            object.__setattr__(self, "continuous_covariate_scaling", unscaled)
 
     @property
     def n_batch(self) -> int:
@@ -104,6 +114,9 @@ class Registry:
             label_categories=tuple(data["label_categories"]),
             categorical_covariates=tuple((key, tuple(cats)) for key, cats in data["categorical_covariates"]),
             continuous_covariate_keys=tuple(data["continuous_covariate_keys"]),
+            continuous_covariate_scaling=tuple(
+                (float(mean), float(sd)) for mean, sd in data.get("continuous_covariate_scaling", ())
+            ),
         )
 
 
@@ -136,8 +149,11 @@ def build_registry(
     """
     categorical_keys = list(categorical_covariate_keys or [])
     continuous_keys = list(continuous_covariate_keys or [])
+    scaling = []
     for key in continuous_keys:
-        check_continuous_column(adata, key, "Continuous covariate")
+        values = check_continuous_column(adata, key, "Continuous covariate")
+        sd = float(values.std())
+        scaling.append((float(values.mean()), sd if sd > 0 else 1.0))
     modalities = tuple(
         ModalityRegistry(name, modality, tuple(map(str, names)))
         for name, (modality, names) in modality_features.items()
@@ -158,6 +174,7 @@ def build_registry(
             (key, _categories(adata, key, "Categorical covariate")) for key in categorical_keys
         ),
         continuous_covariate_keys=tuple(continuous_keys),
+        continuous_covariate_scaling=tuple(scaling),
     )
 
 

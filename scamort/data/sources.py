@@ -87,7 +87,9 @@ def read_modalities(data: ad.AnnData, modalities: Mapping[str, Modality]) -> dic
             if name not in data.mod:
                 raise InputError(f"Modality {name!r} is not in the MuData (it has {', '.join(data.mod)}).")
             member = data.mod[name]
-            counts, features, where = read_counts(member, modality, name, container=f"mdata.mod[{name!r}]")
+            counts, features, where = read_counts(
+                member, modality, name, container=f"mdata.mod[{name!r}]", allow_no_cells=True
+            )
             rows = data.obs_names.get_indexer(member.obs_names)
             if (rows < 0).any():
                 raise InputError(
