@@ -142,7 +142,9 @@ class Model:
     labels_key
         ``.obs`` column of cell labels, recorded for downstream use.
     categorical_covariate_keys, continuous_covariate_keys
-        Extra ``.obs`` columns the decoders condition on.
+        Extra ``.obs`` columns the decoders condition on; continuous ones enter standardised with the
+        training cells' mean and standard deviation (the same at query time), so their units do not
+        matter.
     n_latent, n_hidden, n_layers, dropout_rate
         Latent dimension, hidden width, hidden layers per network, encoder dropout.
     likelihood
