@@ -9,6 +9,7 @@ carry little Monte Carlo noise.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from scamort.data.cell_data import CellData
+from scamort.errors import InputError
 from scamort.module import VAE
 from scamort.refine import RefineOptions, refine_with_options
 
@@ -66,10 +68,12 @@ class GapOptions:
     n_eval_samples: int = 64
 
     def __post_init__(self) -> None:
-        if not self.steps or any(int(k) < 1 for k in self.steps):
-            raise ValueError(f"steps must be positive integers, got {self.steps!r}.")
+        steps = self.steps if isinstance(self.steps, tuple | list) else None
+        whole = (not isinstance(k, bool) and isinstance(k, numbers.Integral) and k >= 1 for k in steps or ())
+        if not steps or not all(whole):
+            raise InputError(f"steps must be a non-empty sequence of positive integers, got {self.steps!r}.")
         if self.n_optimum_steps < max(self.steps):
-            raise ValueError(
+            raise InputError(
                 f"n_optimum_steps={self.n_optimum_steps} must be >= the largest of steps ({max(self.steps)})."
             )
 

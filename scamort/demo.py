@@ -106,11 +106,11 @@ def run_demo(
     import scamort
     from scamort.export import embed
 
+    epochs = max_epochs if max_epochs is not None else (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"The number of epochs must be a whole number of at least 1, got {epochs!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    epochs = max_epochs if max_epochs is not None else (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
-    if epochs < 1:
-        raise ValueError(f"The number of epochs must be at least 1, got {epochs}.")
 
     adata = prepare_worm_data()
     train_idx, heldout_idx = heldout_split(adata.n_obs, HELDOUT_FRACTION, seed=seed)

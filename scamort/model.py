@@ -572,11 +572,9 @@ class Model:
         :func:`scamort.pl.amortization_gap`, store it in ``.obs`` with :func:`scamort.tl.amortization_gap`.
         """
         _check_positive_int(n_optimum_steps, "n_optimum_steps")
+        given = tuple(steps) if isinstance(steps, tuple | list) else steps
+        options = GapOptions(steps=given, n_optimum_steps=int(n_optimum_steps))  # checked before any work
         data, index, _ = self._cells(adata, indices)
-        try:
-            options = GapOptions(steps=tuple(int(k) for k in steps), n_optimum_steps=int(n_optimum_steps))
-        except ValueError as error:
-            raise InputError(str(error)) from None
         return measure_amortization_gap(self.module, data, index, options)
 
     def _modality_name(self, modality: str | None) -> str:
@@ -672,10 +670,15 @@ class Model:
         """
         _check_positive_int(n_samples, "n_samples")
         latent_library = isinstance(library_size, str)
-        if latent_library and library_size != "latent":
-            raise InputError(f"library_size must be a number or 'latent', got {library_size!r}.")
-        data, index, names = self._cells(adata, indices)
+        is_number = isinstance(library_size, numbers.Real) and not isinstance(library_size, bool)
+        if (latent_library and library_size != "latent") or not (
+            latent_library or (is_number and 0 < library_size < float("inf"))
+        ):
+            raise InputError(f"library_size must be a positive number or 'latent', got {library_size!r}.")
         name = self._modality_name(modality)
+        if latent_library and name not in self.module.library_heads:
+            self._predicted_library(None, np.zeros(0, dtype=np.int64), name)  # its clear error, before work
+        data, index, names = self._cells(adata, indices)
         batch_code = None
         if transform_batch is not None:
             if self.registry.batch_key is None:

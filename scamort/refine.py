@@ -8,8 +8,9 @@ gradient is computed for them. All cells of a minibatch are refined at once; mem
 ``batch_size * n_samples`` decoded rows.
 
 Monte Carlo noise is controlled by a counter-based generator (:func:`fixed_normal_noise`): a draw
-depends only on ``(seed, stream, the cell's position in the data, sample, latent dimension)``. A
-cell is refined the same way alone or in any minibatch, on any device, in any run. The loss is the
+depends only on ``(seed, stream, the cell's id, sample, latent dimension)``, where the id is a stable
+hash of the cell's name (:func:`scamort.data.cell_data.cell_keys`). A cell is refined the same way
+alone or in any minibatch, in any order or subset of an AnnData, on any device, in any run. The loss is the
 *sum* of per-cell ELBOs and Adam is elementwise, so every cell follows its own Adam trajectory.
 
 Two noise schemes (measured on the worm data, see ``benchmarks/refinement_worm.py``):
@@ -190,7 +191,8 @@ def fixed_normal_noise(
     Parameters
     ----------
     cell_ids
-        Non-negative integer ids of the cells (their positions in the data), shape ``(batch,)``.
+        Non-negative integer ids of the cells (stable keys of their names, or their positions in the
+        data), shape ``(batch,)``.
     n_samples, n_latent
         Draws per cell and latent dimension.
     seed, stream
@@ -262,11 +264,14 @@ def frozen(module: VAE) -> Iterator[VAE]:
 def _chunks(
     data: CellData, index: np.ndarray, batch_size: int
 ) -> Iterator[tuple[slice, Minibatch, torch.Tensor]]:
-    """Minibatches over ``index``: their rows within ``index``, the cells, and the cells' ids
-    (positions in ``data``, shape ``(batch,)``)."""
-    ids = torch.as_tensor(np.asarray(index, dtype=np.int64), device=data.device)
+    """Minibatches over ``index``: their rows within ``index``, the cells, and the cells' noise ids
+    ``(batch,)``: the stable keys of their names when ``data`` has them (so a cell's draws do not
+    depend on the cells' order or company), else their positions in ``data``."""
+    positions = torch.as_tensor(np.asarray(index, dtype=np.int64), device=data.device)
+    keys = getattr(data, "cell_keys", None)
+    ids = positions if keys is None else keys.to(data.device)[positions]
     starts = range(0, len(index), batch_size)
-    for start, batch in zip(starts, data.iterate(ids, batch_size), strict=True):
+    for start, batch in zip(starts, data.iterate(positions, batch_size), strict=True):
         rows = slice(start, start + batch.size)
         yield rows, batch, ids[rows]
 

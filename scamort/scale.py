@@ -8,6 +8,7 @@ source cell, so known cell types still separate.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from scamort.data.validation import check_counts
+from scamort.errors import InputError
 
 __all__ = ["grow", "grow_to_h5ad"]
 
@@ -46,11 +50,28 @@ def _grown_chunks(
         yield source, block
 
 
+def _check_options(n_cells: object, thinning: object, chunk_size: object) -> None:
+    """Refuse options :func:`grow` cannot use, before any work."""
+    for value, name in ((n_cells, "n_cells"), (chunk_size, "chunk_size")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise InputError(f"{name} must be a whole number >= 1, got {value!r}.")
+    low, high = thinning if isinstance(thinning, tuple | list) and len(thinning) == 2 else (None, None)
+    if not (isinstance(low, numbers.Real) and isinstance(high, numbers.Real) and 0 < low <= high <= 1):
+        raise InputError(f"thinning must be a range (low, high) with 0 < low <= high <= 1, got {thinning!r}.")
+
+
 def _source_counts(adata: ad.AnnData, layer: str | None) -> sp.csr_matrix:
-    counts = sp.csr_matrix(adata.X if layer is None else adata.layers[layer], dtype=np.float32)
+    counts = sp.csr_matrix(adata.X if layer is None else adata.layers[layer], dtype=np.float64)
+    check_counts(
+        counts,
+        where="adata.X" if layer is None else f"adata.layers[{layer!r}]",
+        cells=adata.obs_names,
+        features=adata.var_names,
+    )
+    counts = counts.astype(np.float32)
     keep = np.diff(counts.indptr) > 0
     if not keep.all():
-        raise ValueError("grow() needs source cells with at least one count; filter empty cells first.")
+        raise InputError("grow() needs source cells with at least one count; filter empty cells first.")
     return counts
 
 
@@ -76,12 +97,21 @@ def grow(
     seed
         Random seed.
     chunk_size
-        Cells generated at a time (bounds the working memory).
+        Cells generated at a time (bounds the working memory). The random stream is drawn chunk by
+        chunk, so the same ``seed`` and ``chunk_size`` give the same cells (and :func:`grow_to_h5ad`
+        with the same values writes them).
 
     Returns
     -------
     AnnData with CSR float32 counts in ``.X`` and ``obs["source_cell"]`` naming each cell's source.
+
+    Raises
+    ------
+    InputError
+        For ``n_cells`` or ``chunk_size`` below 1, a ``thinning`` range outside (0, 1], or source
+        counts that are not raw counts or include empty cells.
     """
+    _check_options(n_cells, thinning, chunk_size)
     counts = _source_counts(adata, layer)
     sources, blocks = [], []
     for source, block in _grown_chunks(counts, n_cells, thinning, seed, chunk_size):
@@ -108,6 +138,7 @@ def grow_to_h5ad(
 
     Open the result with ``anndata.read_h5ad(path, backed="r")`` to train out of core.
     """
+    _check_options(n_cells, thinning, chunk_size)
     path = Path(path)
     counts = _source_counts(adata, layer)
     sources = []

@@ -224,7 +224,7 @@ def test_library_size_latent_needs_a_head(counts_adata) -> None:
     model = scamort.Model(counts_adata, n_latent=4, n_hidden=16)
     with pytest.raises(InputError, match="has no library-size head"):
         model.get_normalized_expression(library_size="latent")
-    with pytest.raises(InputError, match="library_size must be a number or 'latent'"):
+    with pytest.raises(InputError, match="library_size must be a positive number or 'latent'"):
         model.get_normalized_expression(library_size="observed")
 
 

@@ -85,3 +85,66 @@ def test_predictive_counts_of_cells_lacking_a_modality_are_at_the_imputed_depth(
     sampled = draws.sum(axis=-1).mean(axis=0)
     for cells in (slice(0, 150), slice(150, 200)):  # measured, then lacking protein
         assert sampled[cells].mean() == pytest.approx(expected[cells].mean(), rel=0.1)
+
+
+# ----------------------------------------------------------------------------- refinement keys
+def test_refined_results_follow_the_cell_not_its_row() -> None:
+    """Refinement noise is keyed on each cell's name: a reordered subset gets the same results."""
+    adata = make_counts(n_cells=120, n_genes=20, seed=6)
+    model = scamort.Model(adata, n_latent=3)
+    model.train(**TRAIN)
+    full = model.refine(n_steps=4).mean
+    rows = np.array([7, 2, 99, 41])
+    subset = model.refine(adata[rows].copy(), n_steps=4).mean
+    np.testing.assert_allclose(subset, full[rows], atol=1e-5)
+    reversed_latent = model.get_latent_representation(adata[::-1].copy(), refine_steps=4)
+    in_order = model.get_latent_representation(refine_steps=4)
+    np.testing.assert_allclose(reversed_latent[::-1], in_order, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- argument checks
+@pytest.mark.parametrize(
+    "library_size", [-5.0, 0, float("nan"), float("inf"), True, None, [1.0, 2.0], "total"]
+)
+def test_bad_library_sizes_are_refused(library_size) -> None:
+    model = scamort.Model(make_counts(n_cells=40, n_genes=10))
+    with pytest.raises(InputError, match="library_size must be a positive number or 'latent'"):
+        model.get_normalized_expression(library_size=library_size)
+
+
+def test_a_latent_library_without_a_head_is_refused() -> None:
+    model = scamort.Model(make_counts(n_cells=40, n_genes=10))
+    with pytest.raises(InputError, match="has no library-size head"):
+        model.get_normalized_expression(library_size="latent")
+
+
+@pytest.mark.parametrize("steps", [5, (2.7,), (), (0,), (True,)])
+def test_bad_amortization_gap_steps_are_refused(steps) -> None:
+    model = scamort.Model(make_counts(n_cells=40, n_genes=10))
+    with pytest.raises(InputError, match="steps must be a non-empty sequence of positive integers"):
+        model.amortization_gap(steps=steps, n_optimum_steps=10)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n_cells": 0}, "n_cells must be a whole number >= 1"),
+        ({"n_cells": 2.5}, "n_cells must be a whole number >= 1"),
+        ({"n_cells": 10, "chunk_size": 0}, "chunk_size must be a whole number >= 1"),
+        ({"n_cells": 10, "thinning": (0.5, 1.5)}, r"thinning must be a range \(low, high\)"),
+    ],
+)
+def test_grow_refuses_bad_options_before_any_work(options, message) -> None:
+    from scamort.scale import grow
+
+    with pytest.raises(InputError, match=message):
+        grow(make_counts(n_cells=30, n_genes=10), **options)
+
+
+def test_grow_refuses_non_count_sources() -> None:
+    from scamort.scale import grow
+
+    source = make_counts(n_cells=30, n_genes=10)
+    source.X = source.X * 0.3
+    with pytest.raises(InputError, match="non-integer entries"):
+        grow(source, 10)

@@ -170,6 +170,7 @@ class BackedCellData:
             batch_index=self.covariates.batch_index[positions],
             categorical=self.covariates.categorical[positions],
             continuous=self.covariates.continuous[positions],
+            cell_keys=None if self.covariates.cell_keys is None else self.covariates.cell_keys[positions],
         )
 
     def minibatch(self, index: torch.Tensor) -> Minibatch:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from scamort.data.sparse_batch import SparseBatch
 
-__all__ = ["CellData", "Minibatch", "ModalityBatch", "ModalityTensors"]
+__all__ = ["CellData", "Minibatch", "ModalityBatch", "ModalityTensors", "cell_keys"]
 
 
 @dataclass(frozen=True)
@@ -159,14 +161,35 @@ class Minibatch:
         return self.batch_index.shape[0]
 
 
+def cell_keys(names: Sequence[str]) -> torch.Tensor:
+    """Stable non-negative 31-bit ids of cells from their names, shape ``(n_cells,)`` int64.
+
+    pandas' fixed-key SipHash of each name: the same name gives the same id in any order, run or
+    platform (cells sharing a name share an id).
+
+    Parameters
+    ----------
+    names
+        Cell names (``obs_names``).
+    """
+    hashed = pd.util.hash_pandas_object(pd.Index(list(map(str, names))), index=False).to_numpy()
+    return torch.as_tensor((hashed & np.uint64(0x7FFFFFFF)).astype(np.int64))
+
+
 @dataclass(frozen=True)
 class CellData:
-    """All cells of one AnnData/MuData as tensors (see :func:`scamort.data.encode.encode_cells`)."""
+    """All cells of one AnnData/MuData as tensors (see :func:`scamort.data.encode.encode_cells`).
+
+    ``cell_keys`` ``(n_cells,)`` int64, when set, are stable per-cell ids derived from the cell names
+    (:func:`cell_keys`): per-cell random draws keyed on them do not depend on the cells' order or on
+    which other cells are present.
+    """
 
     modalities: dict[str, ModalityTensors]
     batch_index: torch.Tensor
     categorical: torch.Tensor
     continuous: torch.Tensor
+    cell_keys: torch.Tensor | None = None
 
     @property
     def n_cells(self) -> int:
@@ -188,6 +211,7 @@ class CellData:
             batch_index=self.batch_index.to(device),
             categorical=self.categorical.to(device),
             continuous=self.continuous.to(device),
+            cell_keys=None if self.cell_keys is None else self.cell_keys.to(device),
         )
 
     def take(self, index: torch.Tensor) -> CellData:
@@ -197,6 +221,7 @@ class CellData:
             batch_index=self.batch_index[index],
             categorical=self.categorical[index],
             continuous=self.continuous[index],
+            cell_keys=None if self.cell_keys is None else self.cell_keys[index],
         )
 
     def slice(self, start: int, stop: int, host_indptrs: dict[str, np.ndarray] | None = None) -> Minibatch:

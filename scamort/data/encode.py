@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from scamort.data.backed import BackedCellData, check_backed_counts, is_backed
-from scamort.data.cell_data import CellData, ModalityTensors
+from scamort.data.cell_data import CellData, ModalityTensors, cell_keys
 from scamort.data.reading import align_features
 from scamort.data.registry import Registry, category_codes
 from scamort.data.sources import ModalityCounts, read_modalities
@@ -107,4 +107,5 @@ def _to_cell_data(
         continuous=torch.as_tensor(
             np.stack(continuous, 1) if continuous else np.zeros((n, 0)), dtype=torch.float32
         ),
+        cell_keys=cell_keys(adata.obs_names),
     )
