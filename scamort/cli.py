@@ -244,7 +244,9 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace --out (and --model-dir) if they exist"
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (for fit also a saved model in --model-dir; never other files)",
     )
 
 
