@@ -206,6 +206,12 @@ def estimate_pseudocount(
     return max(1e-10, max(levels) / scales1.shape[1])
 
 
+def _is_real(value: Any) -> bool:
+    """A real number (not a bool, not NaN)."""
+    numeric = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    return numeric and value == value
+
+
 def _check_pairs(scales1: np.ndarray, scales2: np.ndarray) -> None:
     if scales1.shape != scales2.shape or scales1.ndim != 2:
         raise ValueError(
@@ -223,6 +229,12 @@ def _group_masks(
         columns = ", ".join(map(repr, obs.columns)) or "none"
         raise InputError(f"groupby={groupby!r} is not a column of .obs (columns: {columns}).")
     column = obs[groupby]
+    if pd.api.types.is_float_dtype(column) and bool((column.dropna() % 1 == 0).all()):
+        column = column.astype("Int64")  # whole numbers stored as float (e.g. beside NaN): match 1 to 1.0
+        group1, group2 = (
+            int(g) if isinstance(g, float | np.floating) and float(g).is_integer() else g
+            for g in (group1, group2)
+        )
     labels = column.astype(str).to_numpy()
     valid = column.notna().to_numpy()
     known = list(column.cat.categories) if hasattr(column, "cat") else sorted(set(labels[valid]))
@@ -344,6 +356,8 @@ def differential_expression(
     """Bayesian differential expression between two groups of cells, from the model's posterior.
 
     ``n_samples`` latent vectors per group are drawn from q(z | x) of randomly chosen cells of the group
+    (in an unpaired MuData also cells that lack ``modality``: their z comes from their other modalities,
+    so their expression is imputed; the raw statistics count only measured cells)
     and decoded into normalized expression ``ρ`` (proportions summing to 1 per draw). With
     ``batch_correction`` each draw is decoded under every batch of the model and the proportions are
     averaged. Draw ``i`` of group 1 is paired with draw ``i`` of group 2, giving posterior samples of the
@@ -426,18 +440,20 @@ def differential_expression(
     Examples
     --------
     >>> de = scamort.differential.differential_expression(model, groupby="leiden", group1="3")
-    >>> de[de.is_de_fdr_0.05 & (de.lfc_mean > 0)].head(10)  # markers of cluster 3
+    >>> de[de["is_de_fdr_0.05"] & (de.lfc_mean > 0)].head(10)  # markers of cluster 3
     """
     if mode not in MODES:
         raise InputError(f"mode={mode!r} is not supported; choose one of {', '.join(MODES)}.")
     if not isinstance(n_samples, int | np.integer) or n_samples < 2:
         raise InputError(f"n_samples must be an integer >= 2, got {n_samples!r}.")
-    if mode == "change" and not delta > 0:
+    if mode == "change" and not (_is_real(delta) and delta > 0):
         raise InputError(f"delta must be positive (a log2 fold change), got {delta!r}.")
-    if not 0 < fdr_target < 1:
+    if not (_is_real(fdr_target) and 0 < fdr_target < 1):
         raise InputError(f"fdr_target must lie in (0, 1), got {fdr_target!r}.")
-    if pseudocount is not None and not pseudocount >= 0:
+    if pseudocount is not None and not (_is_real(pseudocount) and pseudocount >= 0):
         raise InputError(f"pseudocount must be >= 0 or None, got {pseudocount!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"seed must be an integer >= 0, got {seed!r}.")
     source = model.adata if adata is None else adata
     if not is_mudata(source) and type(source).__name__ != "AnnData":
         raise InputError(f"Expected an AnnData or MuData, got {type(source).__name__}.")
@@ -449,6 +465,15 @@ def differential_expression(
         logger.warning("Differential expression with a model that has not been trained.")
 
     data = encode_cells(source, model.registry).to(model.device)
+    measured = data.modalities[name].present.cpu().numpy()
+    for label, mask in ((label1, mask1), (label2, mask2)):
+        if not (mask & measured).any():
+            logger.warning(
+                "No cell of group %r was measured in modality %r: its expression is entirely imputed "
+                "from the cells' other modalities, and its raw statistics are NaN.",
+                label,
+                name,
+            )
     rng = np.random.default_rng(seed)
     codes = _batch_codes(model, batch_correction)
     scales = [

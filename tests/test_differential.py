@@ -300,3 +300,36 @@ def test_model_method_delegates(trained: tuple[scamort.Model, ad.AnnData]) -> No
     via_method = model.differential_expression(groupby="group", group1="A", n_samples=300)
     direct = differential_expression(model, groupby="group", group1="A", n_samples=300)
     pd.testing.assert_frame_equal(via_method, direct)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+        ({"seed": 1.5}, r"seed must be an integer >= 0, got 1\.5"),
+        ({"delta": "a"}, r"delta must be positive"),
+        ({"fdr_target": "a"}, r"fdr_target must lie in \(0, 1\)"),
+        ({"pseudocount": float("nan")}, r"pseudocount must be >= 0 or None"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(trained, options, message, monkeypatch) -> None:
+    model, adata = trained
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the cells were encoded before the options were checked")
+
+    monkeypatch.setattr(scamort.differential, "encode_cells", no_work)
+    with pytest.raises(InputError, match=message):
+        differential_expression(model, adata, groupby="group", group1="A", **options)
+
+
+def test_whole_number_labels_stored_as_float_match_integer_groups(trained) -> None:
+    model, adata = trained
+    labelled = adata.copy()
+    codes = labelled.obs["number"].astype(float).to_numpy()
+    codes[:5] = np.nan  # integer labels beside NaN are stored as float: 1.0, 2.0, ...
+    labelled.obs["code"] = codes
+    by_int = differential_expression(model, labelled, groupby="code", group1=1, n_samples=200)
+    by_float = differential_expression(model, labelled, groupby="code", group1=1.0, n_samples=200)
+    pd.testing.assert_frame_equal(by_int, by_float)
+    assert (by_int["group1"] == "1").all()
