@@ -676,8 +676,8 @@ class Model:
         ):
             raise InputError(f"library_size must be a positive number or 'latent', got {library_size!r}.")
         name = self._modality_name(modality)
-        if latent_library and name not in self.module.library_heads:
-            self._predicted_library(None, np.zeros(0, dtype=np.int64), name)  # its clear error, before work
+        if latent_library:
+            self._require_library_head(name)
         data, index, names = self._cells(adata, indices)
         batch_code = None
         if transform_batch is not None:
@@ -721,13 +721,17 @@ class Model:
         """``values`` ``(n_cells, n_features)`` as a DataFrame: cell names × ``modality``'s features."""
         return pd.DataFrame(values, index=names, columns=list(self.registry.modality(modality).feature_names))
 
-    def _predicted_library(self, data: CellData, index: np.ndarray, name: str) -> np.ndarray:
-        """Expected library size ``E[l] = exp(mean + variance / 2)`` of ``name`` from the head, ``(n,)``."""
+    def _require_library_head(self, name: str) -> None:
+        """Refuse modality ``name`` when it has no library-size head."""
         if name not in self.module.library_heads:
             raise InputError(
                 f"Modality {name!r} has no library-size head: only models with several modalities "
                 "(saved by scamort >= 0.2) have one for each library-scaled modality."
             )
+
+    def _predicted_library(self, data: CellData, index: np.ndarray, name: str) -> np.ndarray:
+        """Expected library size ``E[l] = exp(mean + variance / 2)`` of ``name`` from the head, ``(n,)``."""
+        self._require_library_head(name)
         mean, variance = inference.library_size(self.module, data, index, modality=name)
         return np.exp(mean + variance / 2)
 
@@ -944,14 +948,13 @@ class Model:
         _check_positive_int(n_samples, "n_samples")
         data, index, _ = self._cells(adata, indices)
         name = self._modality_name(modality)
-        lacking = not data.modalities[name].present.cpu().numpy()[index].all()
         return inference.posterior_predictive(
             self.module,
             data,
             index,
             modality=name,
             n_samples=n_samples,
-            log_library=np.log(self._library_sizes(data, index, name)) if lacking else None,
+            log_library=np.log(self._library_sizes(data, index, name)),
         )
 
     def differential_expression(

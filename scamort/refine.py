@@ -268,8 +268,7 @@ def _chunks(
     ``(batch,)``: the stable keys of their names when ``data`` has them (so a cell's draws do not
     depend on the cells' order or company), else their positions in ``data``."""
     positions = torch.as_tensor(np.asarray(index, dtype=np.int64), device=data.device)
-    keys = getattr(data, "cell_keys", None)
-    ids = positions if keys is None else keys.to(data.device)[positions]
+    ids = positions if data.cell_keys is None else data.cell_keys.to(data.device)[positions]
     starts = range(0, len(index), batch_size)
     for start, batch in zip(starts, data.iterate(positions, batch_size), strict=True):
         rows = slice(start, start + batch.size)

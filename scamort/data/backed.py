@@ -113,6 +113,11 @@ class BackedCellData:
         return self.adata.n_obs
 
     @property
+    def cell_keys(self) -> torch.Tensor | None:
+        """Stable per-cell ids from the cell names (see :class:`CellData`)."""
+        return self.covariates.cell_keys
+
+    @property
     def device(self) -> torch.device:
         """Where minibatches are placed."""
         return self.target_device
@@ -170,7 +175,6 @@ class BackedCellData:
             batch_index=self.covariates.batch_index[positions],
             categorical=self.covariates.categorical[positions],
             continuous=self.covariates.continuous[positions],
-            cell_keys=None if self.covariates.cell_keys is None else self.covariates.cell_keys[positions],
         )
 
     def minibatch(self, index: torch.Tensor) -> Minibatch:

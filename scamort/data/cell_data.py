@@ -182,7 +182,8 @@ class CellData:
 
     ``cell_keys`` ``(n_cells,)`` int64, when set, are stable per-cell ids derived from the cell names
     (:func:`cell_keys`): per-cell random draws keyed on them do not depend on the cells' order or on
-    which other cells are present.
+    which other cells are present. Only the encoded data carries them; gathered subsets (``take``,
+    minibatches) do not need them.
     """
 
     modalities: dict[str, ModalityTensors]
@@ -221,7 +222,6 @@ class CellData:
             batch_index=self.batch_index[index],
             categorical=self.categorical[index],
             continuous=self.continuous[index],
-            cell_keys=None if self.cell_keys is None else self.cell_keys[index],
         )
 
     def slice(self, start: int, stop: int, host_indptrs: dict[str, np.ndarray] | None = None) -> Minibatch:

@@ -66,15 +66,15 @@ def run_fingerprint(module: torch.nn.Module, data: Any) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    directory: str | Path, config: TrainConfig, fingerprint: dict[str, Any] | None = None
+    directory: str | Path, config: TrainConfig, fingerprint: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The checkpoint in ``directory``, or None if there is none; refuses one from other options, or
-    (given ``fingerprint``, see :func:`run_fingerprint`) from another model or other data."""
+    with another ``fingerprint`` (:func:`run_fingerprint`: another model or other data)."""
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if fingerprint is not None and state.get("fingerprint") != fingerprint:
+    if state.get("fingerprint") != fingerprint:
         saved = state.get("fingerprint") or {}
         differs = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k]) or ["unrecorded"]
         raise InputError(

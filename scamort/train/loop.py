@@ -188,7 +188,7 @@ def fit(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
     progress = _Progress()
-    fingerprint = run_fingerprint(module, data)
+    fingerprint = run_fingerprint(module, data) if checkpoint_dir is not None else None
     saved = load_checkpoint(checkpoint_dir, config, fingerprint) if checkpoint_dir is not None else None
     if saved is not None:
         module.load_state_dict(saved["module"])
