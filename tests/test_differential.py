@@ -291,10 +291,6 @@ def test_rest_of_a_single_group_is_empty() -> None:
         differential_expression(model, adata.X, groupby="one", group1="all")
 
 
-@pytest.mark.skipif(
-    not hasattr(scamort.Model, "differential_expression"),
-    reason="Model.differential_expression not wired yet",
-)
 def test_model_method_delegates(trained: tuple[scamort.Model, ad.AnnData]) -> None:
     model, _ = trained
     via_method = model.differential_expression(groupby="group", group1="A", n_samples=300)
