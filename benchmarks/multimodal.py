@@ -16,7 +16,9 @@ Three parts, all in one process, one after the other (never two torch processes 
     BMMC 10x Multiome (500 cells, 21 types, 600 genes + 600 peaks): the same with ATAC instead of
     protein, ATAC modelled as a depth-aware Bernoulli (``"bernoulli_depth"``), a plain Bernoulli (both
     binarised) and a Poisson on fragment counts, ablations as for ``cite``, a paired model with 5
-    latent dimensions private to ATAC (``n_private_latent={"atac": 5}``); scvi-tools MULTIVI on the
+    latent dimensions private to ATAC (``n_private_latent={"atac": 5}``), and (in both parts) unpaired
+    and paired models trained on the RNA first (``train(pretrain_modality="rna")``, rows
+    ``*_pretrain_rna``); scvi-tools MULTIVI on the
     same unpaired cells
     (missing modalities as all-zero rows, its own convention), with its default sizes and with
     scamort's. Also what a weak expert does to the product (posterior variance, KL to the prior,
@@ -116,6 +118,8 @@ class Settings:
         Weight of the encoders' loss for fooling the classifier of measured-modality groups.
     n_private_latent
         Latent dimensions private to each modality.
+    pretrain_modality
+        ``Model.train(pretrain_modality=...)`` of the models of several modalities (None: none).
     seed
         Seed of the cell split into groups, of the model and of clustering.
     """
@@ -129,6 +133,7 @@ class Settings:
     alignment_weight: float = DEFAULT_ALIGNMENT_WEIGHT
     mixing_weight: float = DEFAULT_MIXING_WEIGHT
     n_private_latent: int | Mapping[str, int] = DEFAULT_N_PRIVATE_LATENT
+    pretrain_modality: str | None = None
     seed: int = 0
 
 
@@ -344,6 +349,7 @@ def fit_scamort(
             batch_size=settings.batch_size,
             lr=settings.lr,
             progress_bar=False,
+            pretrain_modality=settings.pretrain_modality if len(modalities) > 1 else None,
         )
     return model, watch.seconds
 
@@ -581,6 +587,10 @@ def _mixing_ablation(settings: Settings) -> dict[str, Any]:
     return {"mixing_weight": 0.0} if settings.mixing_weight > 0 else {}
 
 
+#: The rows that first train on the RNA alone (``Model.train(pretrain_modality="rna")``).
+PRETRAIN_RNA: Mapping[str, Any] = {"pretrain_modality": "rna"}
+
+
 def cite_rows(settings: Settings, full: bool) -> list[Row]:
     """Models of part (a): the unpaired model, and with ``full`` its ablation and the baselines."""
     nb = scamort.Modality(likelihood="nb")
@@ -590,7 +600,12 @@ def cite_rows(settings: Settings, full: bool) -> list[Row]:
             rows.append(Row("unpaired_nb_no_alignment", nb, change=_ablation(settings)))
         if _mixing_ablation(settings):
             rows.append(Row("unpaired_nb_no_mixing", nb, change=_mixing_ablation(settings)))
-        rows += [Row("paired_nb", nb, paired=True), Row("rna_only_model", None)]
+        rows += [
+            Row("unpaired_nb_pretrain_rna", nb, change=PRETRAIN_RNA),
+            Row("paired_nb", nb, paired=True),
+            Row("paired_nb_pretrain_rna", nb, paired=True, change=PRETRAIN_RNA),
+            Row("rna_only_model", None),
+        ]
     return rows
 
 
@@ -615,6 +630,7 @@ def multiome_rows(settings: Settings, full: bool) -> list[Row]:
     if not full:
         return [Row(f"unpaired_{first}", spec)]
     rows = [Row(f"unpaired_{name}", variant) for name, variant in ATAC_VARIANTS.items()]
+    rows.append(Row(f"unpaired_{first}_pretrain_rna", spec, change=PRETRAIN_RNA))
     if _ablation(settings):
         rows.append(Row(f"unpaired_{first}_no_alignment", spec, change=_ablation(settings)))
     if _mixing_ablation(settings):
@@ -625,6 +641,7 @@ def multiome_rows(settings: Settings, full: bool) -> list[Row]:
     rows.append(
         Row(f"paired_{first}_private_atac_5", spec, paired=True, change={"n_private_latent": {"atac": 5}})
     )
+    rows.append(Row(f"paired_{first}_pretrain_rna", spec, paired=True, change=PRETRAIN_RNA))
     rows.append(Row("rna_only_model", None))
     return rows
 
@@ -934,6 +951,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mixing-weight", type=float, default=Settings.mixing_weight)
     parser.add_argument("--n-private-latent", type=int, default=Settings.n_private_latent)
     parser.add_argument("--n-latent", type=int, default=Settings.n_latent)
+    parser.add_argument("--pretrain-modality", default=None, help="e.g. rna; default none")
     parser.add_argument("--multivi-epochs", type=int, default=500, help="0 skips MULTIVI")
     parser.add_argument("--no-scvi", action="store_true", help="skip MULTIVI and TOTALVI")
     parser.add_argument("--seed", type=int, default=0)
@@ -951,6 +969,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         alignment_weight=args.alignment_weight,
         mixing_weight=args.mixing_weight,
         n_private_latent=args.n_private_latent,
+        pretrain_modality=args.pretrain_modality,
         seed=args.seed,
     )
     suffix = "_sweep" if args.sweep else ("_quick" if args.quick else "")

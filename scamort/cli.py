@@ -189,6 +189,12 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         "(e.g. rna=nb prot=nb,obsm=protein_expression atac=bernoulli,binarize); with an .h5mu input the "
         "NAMEs are its modalities",
     )
+    fit.add_argument(
+        "--pretrain-modality",
+        metavar="NAME",
+        help="with several modalities: train on NAME alone first, then on all with NAME's encoder kept "
+        "(for a second modality that adds little structure, e.g. a few hundred peaks)",
+    )
     fit.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     fit.add_argument("--model-dir", type=Path, metavar="DIR", help="also save the trained model here")
     fit.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
@@ -434,7 +440,12 @@ def _run_fit(args: argparse.Namespace) -> None:
         seed=args.seed,
         modalities=dict(args.modality) if args.modality else None,
     )
-    history = model.train(max_epochs=args.epochs, progress_bar=not args.no_progress, device=args.device)
+    history = model.train(
+        max_epochs=args.epochs,
+        progress_bar=not args.no_progress,
+        device=args.device,
+        pretrain_modality=args.pretrain_modality,
+    )
     logger.info("Trained for %d epochs.", len(history))
     embed(adata, model, key_added=args.key_added, refine_steps=args.refine_steps)
     _write_result(adata, args.out, key=args.key_added)

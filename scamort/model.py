@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from scamort.refine import (
     refine_posteriors,
 )
 from scamort.train import TrainConfig, default_max_epochs, fit, resolve_device
+from scamort.train.freeze import frozen
 
 __all__ = ["Model"]
 
@@ -50,6 +53,9 @@ DEFAULT_N_PRIVATE_LATENT = 0
 
 #: Default ``mixing_weight`` (chosen on the multimodal benchmark, ``benchmarks/multimodal.py``).
 DEFAULT_MIXING_WEIGHT = 20.0
+
+#: Where ``train(pretrain_modality=..., checkpoint_dir=d)`` keeps the pretraining stage's checkpoint.
+PRETRAIN_FOLDER = "pretrain"
 
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
@@ -371,6 +377,7 @@ class Model:
         checkpoint_every: int = 1,
         lr_scaling: str = "linear",
         max_seconds: float | None = None,
+        pretrain_modality: str | None = None,
     ) -> pd.DataFrame:
         """Fit the model by minibatch stochastic variational inference.
 
@@ -414,14 +421,30 @@ class Model:
             the same benchmark); ``"none"`` uses ``lr`` as given. Batch 128 gets ``lr`` under every
             rule.
         max_seconds
-            Wall-clock budget: stop after the first epoch that ends past it.
+            Wall-clock budget: stop after the first epoch that ends past it (over both stages with
+            ``pretrain_modality``).
+        pretrain_modality
+            With several modalities: first train on this modality alone (every other one masked,
+            as for cells not measured in it; cells lacking it sit this stage out), so that it alone
+            lays out the latent space; then train on all modalities, with this modality's encoder
+            kept as pretrained, so that the other experts learn to place cells in that space. Each
+            stage is a run as described above (``max_epochs``, warm-up, early stopping), on the
+            same training/validation split. Use it when one modality carries the structure of
+            interest and another adds little to it: on the bundled 500-cell multiome data with 600
+            peaks, the paired RNA + ATAC embedding then clusters cell types within noise of RNA alone
+            (Leiden ARI / NMI 0.378 / 0.564 vs 0.381 / 0.569, means of twelve seeds) instead of
+            clearly worse (0.342 / 0.533 vs 0.382 / 0.571 over six), see ``benchmarks/README.md``.
+            When the other modality resolves structure of its own, as protein does on CITE-seq,
+            joint training from the start is better (paired CITE-seq ARI 0.593 vs 0.528). Default
+            None: one run on all modalities.
 
         Returns
         -------
         The training history (also ``self.history``): per epoch ``kl_weight``, ``train_loss``,
         ``train_elbo``, ``train_reconstruction``, ``train_kl``, ``validation_elbo``,
         ``validation_reconstruction``, ``validation_kl`` (per-cell means; validation NaN when
-        ``train_size == 1``) and ``seconds``.
+        ``train_size == 1``) and ``seconds``. With ``pretrain_modality`` both stages, one after the
+        other (``epoch`` counting on), and a ``stage`` column: ``"pretrain"`` or ``"all"``.
         """
         max_epochs = default_max_epochs(self._data.n_cells) if max_epochs is None else max_epochs
         _check_choice(lr_scaling, tuple(LR_SCALING_EXPONENTS), "lr_scaling")
@@ -445,16 +468,42 @@ class Model:
             lr=lr * (global_batch / 128) ** LR_SCALING_EXPONENTS[lr_scaling],
             kl_warmup_epochs=max(1, max_epochs // 4) if kl_warmup_epochs is None else kl_warmup_epochs,
         )
-        result = fit(
+        names = self.registry.modality_names
+        if pretrain_modality is not None:
+            if len(names) < 2:
+                raise InputError(
+                    "pretrain_modality needs a model of several modalities; this one has only "
+                    f"{names[0]!r}, so train it without pretrain_modality."
+                )
+            _check_choice(pretrain_modality, names, "pretrain_modality")
+        run = partial(
+            fit,
             self.module,
             self._data,
-            config,
             device=resolve_device(device),
             progress_bar=progress_bar,
-            checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
         )
-        self.history = result.history
+        started = time.perf_counter()
+        if pretrain_modality is None:
+            result = run(config, checkpoint_dir=checkpoint_dir)
+            history = result.history
+        else:
+            pretraining = run(
+                config,
+                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / PRETRAIN_FOLDER,
+                modalities=(pretrain_modality,),
+            )
+            if max_seconds is not None:
+                config = replace(config, max_seconds=max(0.0, max_seconds - (time.perf_counter() - started)))
+            with frozen(self.module.encoders[pretrain_modality]):
+                result = run(config, checkpoint_dir=checkpoint_dir)
+            history = pd.concat(
+                [pretraining.history.assign(stage="pretrain"), result.history.assign(stage="all")],
+                ignore_index=True,
+            )
+            history["epoch"] = np.arange(1, len(history) + 1)
+        self.history = history
         self.train_indices = result.train_indices
         self.validation_indices = result.validation_indices
         self.is_trained = True

@@ -146,3 +146,18 @@ def test_sparse_protein_counts_work_too(tmp_path: Path) -> None:
     adata.write_h5ad(tmp_path / "s.h5ad")
     args = ["fit", str(tmp_path / "s.h5ad"), "--out", str(tmp_path / "o.csv"), "--epochs", "1"]
     assert main([*args, "--modality", "rna=nb", "--modality", "prot=nb,obsm=protein", "--no-progress"]) == 0
+
+
+def test_fit_with_pretraining_and_a_bad_pretrain_modality(tmp_path: Path, capsys) -> None:
+    path = _cite(tmp_path / "cite.h5ad")
+    specs = ["--modality", "rna=nb", "--modality", "prot=nb,obsm=protein"]
+    common = ["fit", str(path), *specs, "--epochs", "2", "--no-progress"]
+    code = main([*common, "--out", str(tmp_path / "out.h5ad"), "--pretrain-modality", "rna"])
+    assert code == 0, capsys.readouterr().err
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obsm["X_scamort"].shape == (120, 10)
+    capsys.readouterr()
+    code = main([*common, "--out", str(tmp_path / "bad.h5ad"), "--pretrain-modality", "atac"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "pretrain_modality='atac' is not supported; choose one of rna, prot" in err
+    assert not (tmp_path / "bad.h5ad").exists()

@@ -160,6 +160,17 @@ class Minibatch:
         """Number of cells."""
         return self.batch_index.shape[0]
 
+    def restricted_to(self, names: Sequence[str]) -> Minibatch:
+        """The same cells with every modality not in ``names`` marked unmeasured for all of them
+        (its expert leaves the product and its reconstruction term the ELBO); counts are shared."""
+        return replace(
+            self,
+            modalities={
+                name: batch if name in names else replace(batch, present=torch.zeros_like(batch.present))
+                for name, batch in self.modalities.items()
+            },
+        )
+
 
 def cell_keys(names: Sequence[str]) -> torch.Tensor:
     """Stable non-negative 31-bit ids of cells from their names, shape ``(n_cells,)`` int64.

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,11 +107,13 @@ class _Totals:
 
 
 @torch.no_grad()
-def _evaluate(module: VAE, data: CellData, index: torch.Tensor, batch_size: int) -> list[float]:
+def _evaluate(
+    module: VAE, data: CellData, index: torch.Tensor, batch_size: int, modalities: Sequence[str] | None
+) -> list[float]:
     module.eval()
     totals = _Totals(data.device)
     for batch in data.iterate(index, batch_size):
-        terms = module.loss_terms(batch)
+        terms = module.loss_terms(batch if modalities is None else batch.restricted_to(modalities))
         totals.add(torch.zeros((), device=data.device), terms.total_reconstruction, terms.kl)
     module.train()
     return totals.means()[1:]
@@ -141,6 +144,7 @@ def fit(
     progress_bar: bool = True,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1,
+    modalities: Sequence[str] | None = None,
 ) -> TrainingResult:
     """Train ``module`` on ``data`` in place.
 
@@ -163,6 +167,10 @@ def fit(
         Save a checkpoint there every ``checkpoint_every`` epochs (atomically); if it already holds one
         from the same options, resume from it. On CPU a resumed run ends with the same weights as an
         uninterrupted one.
+    modalities
+        Train on these modalities only (default all): every other modality counts as unmeasured in
+        every cell, and cells measured in none of these are left out of both splits (which are
+        otherwise the same as with all modalities).
 
     Returns
     -------
@@ -174,6 +182,11 @@ def fit(
         If an epoch produced a non-finite loss; the module then holds the weights from before it.
     """
     train_np, validation_np = split_cells(data.n_cells, config.train_size, config.seed)
+    if modalities is not None:
+        measured = np.logical_or.reduce([data.modalities[name].present.cpu().numpy() for name in modalities])
+        train_np, validation_np = train_np[measured[train_np]], validation_np[measured[validation_np]]
+        if len(train_np) == 0:
+            raise InputError(f"No training cell is measured in {', '.join(map(repr, modalities))}.")
     keep_freed_memory_for_reuse()
     torch.manual_seed(config.seed)
     init_from_environment(device)
@@ -188,7 +201,7 @@ def fit(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
     progress = _Progress()
-    fingerprint = run_fingerprint(module, data) if checkpoint_dir is not None else None
+    fingerprint = run_fingerprint(module, data, modalities) if checkpoint_dir is not None else None
     saved = load_checkpoint(checkpoint_dir, config, fingerprint) if checkpoint_dir is not None else None
     if saved is not None:
         module.load_state_dict(saved["module"])
@@ -218,7 +231,7 @@ def fit(
         order = data.epoch_order(train_index, generator)
         for batch in data.iterate(shard(order, rank, world_size), config.batch_size):
             kl_weight = min(1.0, progress.step / warmup_steps) if warmup_steps else 1.0
-            terms = trainer(batch)
+            terms = trainer(batch if modalities is None else batch.restricted_to(modalities))
             loss = -terms.elbo(kl_weight).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -230,7 +243,11 @@ def fit(
         validation = (
             all_reduce_mean(
                 _evaluate(
-                    module, data, shard(validation_index, rank, world_size), config.validation_batch_size
+                    module,
+                    data,
+                    shard(validation_index, rank, world_size),
+                    config.validation_batch_size,
+                    modalities,
                 ),
                 device,
             )

@@ -1,0 +1,153 @@
+"""Training on one modality first (``Model.train(pretrain_modality=...)``): what each stage trains,
+which cells it uses, the history it records, checkpoints and the errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import scamort
+from scamort import InputError
+from scamort.train import TrainConfig, fit, split_cells
+from scamort.train.freeze import frozen
+from tests.test_multimodal import copy_weights, make_cite, split_mudata, thirds
+
+SMALL = {"batch_key": "batch", "n_latent": 4, "n_hidden": 32, "seed": 0}
+MODALITIES = {"rna": scamort.Modality(), "prot": scamort.Modality()}
+CONFIG = TrainConfig(max_epochs=3, batch_size=32, kl_warmup_epochs=1, seed=0)
+
+
+def unpaired_model(**options) -> scamort.Model:
+    adata = make_cite(n_cells=90, seed=4)
+    return scamort.Model(split_mudata(adata, thirds(adata.n_obs)), modalities=MODALITIES, **SMALL, **options)
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+def assert_same(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_restricted_minibatch_marks_other_modalities_unmeasured() -> None:
+    model = unpaired_model()
+    batch = model._data.minibatch(torch.arange(model._data.n_cells))
+    restricted = batch.restricted_to(("rna",))
+    assert torch.equal(restricted.modalities["rna"].present, batch.modalities["rna"].present)
+    assert not restricted.modalities["prot"].present.any()
+    assert batch.modalities["prot"].present.any()  # the original is untouched
+    assert restricted.modalities["prot"].counts is batch.modalities["prot"].counts
+
+
+def test_restricted_loss_is_that_of_a_model_of_the_one_modality() -> None:
+    model = unpaired_model()
+    rna_cells = scamort.Model(
+        split_mudata(make_cite(n_cells=90, seed=4), thirds(90)).mod["rna"],
+        **SMALL,
+    )
+    copy_weights(model, rna_cells)
+    model.module.eval()
+    rna_cells.module.eval()
+    measured = torch.as_tensor(np.flatnonzero(model._data.modalities["rna"].present.numpy()))
+    joint = model.module.loss_terms(
+        model._data.minibatch(measured).restricted_to(("rna",)), generator=torch.Generator().manual_seed(1)
+    )
+    alone = rna_cells.module.loss_terms(
+        rna_cells._data.minibatch(torch.arange(rna_cells._data.n_cells)),
+        generator=torch.Generator().manual_seed(1),
+    )
+    # the MuData's RNA AnnData holds the RNA cells in the MuData's order
+    torch.testing.assert_close(joint.total_reconstruction, alone.total_reconstruction)
+    torch.testing.assert_close(joint.kl, alone.kl)
+
+
+def test_fit_on_one_modality_leaves_the_others_weights_and_skips_cells_lacking_it() -> None:
+    model = unpaired_model()
+    before = weights(model.module)
+    result = fit(
+        model.module, model._data, CONFIG, device=torch.device("cpu"), progress_bar=False, modalities=("rna",)
+    )
+    after = weights(model.module)
+    for key in before:
+        if key.startswith(("encoders.prot.", "decoders.prot.")):
+            assert torch.equal(before[key], after[key]), key
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoders.rna."))
+    has_rna = model._data.modalities["rna"].present.numpy()
+    train, validation = split_cells(model._data.n_cells, CONFIG.train_size, CONFIG.seed)
+    np.testing.assert_array_equal(result.train_indices, train[has_rna[train]])
+    np.testing.assert_array_equal(result.validation_indices, validation[has_rna[validation]])
+    assert len(result.train_indices) < len(train)
+
+
+def test_train_with_pretraining_keeps_the_pretrained_encoder_and_records_both_stages() -> None:
+    model = unpaired_model()
+    history = model.train(max_epochs=3, batch_size=32, progress_bar=False, pretrain_modality="rna")
+    reference = unpaired_model()  # the same start; its first stage alone
+    fit(
+        reference.module,
+        reference._data,
+        replace_warmup(3),
+        device=torch.device("cpu"),
+        progress_bar=False,
+        modalities=("rna",),
+    )
+    assert_same(weights(model.module.encoders["rna"]), weights(reference.module.encoders["rna"]))
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(
+            model.module.encoders["prot"].state_dict().values(),
+            reference.module.encoders["prot"].state_dict().values(),
+            strict=True,
+        )
+    )
+    assert all(p.requires_grad for p in model.module.parameters())
+    assert list(history["stage"]) == ["pretrain"] * 3 + ["all"] * 3
+    assert list(history["epoch"]) == list(range(1, 7))
+    assert history is model.history and np.isfinite(history["validation_elbo"]).all()
+    assert model.is_trained
+
+
+def replace_warmup(max_epochs: int) -> TrainConfig:
+    """The config ``Model.train(max_epochs=..., batch_size=32)`` derives (warm-up a quarter)."""
+    return TrainConfig(
+        max_epochs=max_epochs,
+        batch_size=32,
+        kl_warmup_epochs=max(1, max_epochs // 4),
+        seed=0,
+        lr=1e-3 * 32 / 128,
+    )
+
+
+def test_pretraining_resumes_from_its_checkpoints(tmp_path: Path) -> None:
+    options = {"max_epochs": 3, "batch_size": 32, "progress_bar": False, "pretrain_modality": "rna"}
+    first = unpaired_model()
+    history = first.train(checkpoint_dir=tmp_path, **options)
+    assert (tmp_path / "pretrain" / "checkpoint.pt").is_file() and (tmp_path / "checkpoint.pt").is_file()
+    again = unpaired_model()
+    resumed = again.train(checkpoint_dir=tmp_path, **options)
+    np.testing.assert_array_equal(resumed.drop(columns="seconds"), history.drop(columns="seconds"))
+    assert_same(weights(again.module), weights(first.module))
+
+
+def test_frozen_restores_requires_grad() -> None:
+    layer = torch.nn.Linear(2, 2)
+    layer.bias.requires_grad_(False)
+    with frozen(layer):
+        assert not any(p.requires_grad for p in layer.parameters())
+    assert layer.weight.requires_grad and not layer.bias.requires_grad
+
+
+def test_pretrain_modality_errors_before_training() -> None:
+    model = unpaired_model()
+    with pytest.raises(InputError, match=r"pretrain_modality=.atac. is not supported"):
+        model.train(max_epochs=1, progress_bar=False, pretrain_modality="atac")
+    single = scamort.Model(make_cite(n_cells=60), **SMALL)
+    with pytest.raises(InputError, match="needs a model of several modalities"):
+        single.train(max_epochs=1, progress_bar=False, pretrain_modality="rna")
+    assert model.history is None and single.history is None
