@@ -37,7 +37,9 @@ def history(model_or_history: Any, ax: Axes | None = None) -> Figure:
     model_or_history
         A trained :class:`scamort.Model` (its ``.history`` is used) or the history
         :class:`~pandas.DataFrame` returned by ``Model.train`` (columns ``epoch``,
-        ``train_elbo`` and, when present, ``validation_elbo`` and ``kl_weight``).
+        ``train_elbo`` and, when present, ``validation_elbo``, ``kl_weight`` and ``stage``).
+        With stages (``train(pretrain_modality=...)``) a dotted line marks where each begins; the
+        ELBO of the pretraining stage covers its one modality only.
     ax
         Axes to draw the ELBO curves on; a new figure is made when ``None``. The KL weight is
         drawn on a twin y axis on the right.
@@ -56,6 +58,8 @@ def history(model_or_history: Any, ax: Axes | None = None) -> Figure:
     ax.plot(epochs, frame["train_elbo"].to_numpy(), color="C0", label="train ELBO")
     if _has_values(frame, "validation_elbo"):
         ax.plot(epochs, frame["validation_elbo"].to_numpy(), color="C1", label="validation ELBO")
+    if "stage" in frame.columns:
+        _mark_stages(ax, epochs, frame["stage"].astype(str).to_numpy())
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO per cell (higher is better)")
     handles, labels = ax.get_legend_handles_labels()
@@ -69,6 +73,24 @@ def history(model_or_history: Any, ax: Axes | None = None) -> Figure:
     ax.legend(handles, labels, loc="lower right", frameon=False)
     ax.set_title("scamort training")
     return fig
+
+
+def _mark_stages(ax: Axes, epochs: np.ndarray, stages: np.ndarray) -> None:
+    """A dotted line before each stage's first epoch but the first, and each stage's name at the top."""
+    starts = np.flatnonzero(np.r_[True, stages[1:] != stages[:-1]])
+    for position in starts:
+        if position > 0:
+            ax.axvline(epochs[position] - 0.5, color="0.6", ls=":", lw=1)
+        ax.annotate(
+            str(stages[position]),
+            xy=(epochs[position], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize="small",
+            color="0.4",
+        )
 
 
 def _history_frame(model_or_history: Any) -> pd.DataFrame:

@@ -53,6 +53,17 @@ def test_history_from_dataframe_draws_train_validation_and_kl_weight() -> None:
     assert _line_labels(fig) == ["train ELBO", "validation ELBO", "KL weight"]
 
 
+def test_history_marks_where_each_training_stage_begins() -> None:
+    frame = history_frame().assign(stage=["pretrain"] * 5 + ["all"] * 7)
+    fig = pl.history(frame)
+    elbo_axes = fig.axes[0]
+    vertical = [line for line in elbo_axes.get_lines() if line.get_label().startswith("_")]
+    assert len(vertical) == 1 and list(vertical[0].get_xdata()) == [5.5, 5.5]
+    assert [text.get_text() for text in elbo_axes.texts] == ["pretrain", "all"]
+    assert [text.xy[0] for text in elbo_axes.texts] == [1, 6]
+    assert not pl.history(history_frame()).axes[0].texts  # one stage: nothing marked
+
+
 def test_history_without_validation_skips_that_curve() -> None:
     fig = pl.history(history_frame(validation=False))
     assert _line_labels(fig) == ["train ELBO", "KL weight"]

@@ -151,3 +151,12 @@ def test_pretrain_modality_errors_before_training() -> None:
     with pytest.raises(InputError, match="needs a model of several modalities"):
         single.train(max_epochs=1, progress_bar=False, pretrain_modality="rna")
     assert model.history is None and single.history is None
+
+
+def test_a_pretrained_model_saves_and_loads_with_its_stages(tmp_path: Path) -> None:
+    model = unpaired_model()
+    model.train(max_epochs=2, batch_size=32, progress_bar=False, pretrain_modality="rna")
+    model.save(tmp_path / "model")
+    loaded = scamort.Model.load(tmp_path / "model", model.adata)
+    assert list(loaded.history["stage"]) == ["pretrain"] * 2 + ["all"] * 2
+    np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation())
