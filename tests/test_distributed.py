@@ -71,3 +71,48 @@ def test_two_ranks_end_with_identical_weights_and_train_as_well(tmp_path: Path) 
     first_elbo = single_history["validation_elbo"].iloc[0]
     # the same number of steps of the same global batch size: the same quality within a small margin
     assert abs(ddp_elbo - single_elbo) < 0.1 * (single_elbo - first_elbo), (ddp_elbo, single_elbo, first_elbo)
+
+
+def test_two_ranks_train_an_unpaired_multimodal_model_with_pretraining(tmp_path: Path) -> None:
+    """Some weights get no gradient in some steps (the presence-pattern classifier in a minibatch of one
+    pattern; the whole RNA encoder, frozen, in the second stage): both ranks still end identical."""
+    script = tmp_path / "train_ddp_multimodal.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys
+            import torch
+            sys.path.insert(0, {str(ROOT)!r})
+            import scamort
+            from tests.test_multimodal import make_cite, split_mudata, thirds
+
+            torch.set_num_threads(1)
+            adata = make_cite(n_cells=150, seed=3)
+            model = scamort.Model(
+                split_mudata(adata, thirds(adata.n_obs)),
+                modalities={{"rna": scamort.Modality(), "prot": scamort.Modality()}},
+                batch_key="batch", n_latent=4, n_hidden=32, seed=1,
+            )
+            history = model.train(batch_size=32, max_epochs=3, progress_bar=False, pretrain_modality="rna")
+            assert list(history["stage"]) == ["pretrain"] * 3 + ["all"] * 3
+            torch.save(model.module.state_dict(), sys.argv[1] + f"/rank{{os.environ['RANK']}}.pt")
+            """
+        )
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29518",
+            str(script),
+            str(tmp_path),
+        ],
+        check=True,
+        timeout=300,
+    )
+    weights = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name, tensor in weights[0].items():
+        assert torch.isfinite(tensor).all(), name
+        torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=0)

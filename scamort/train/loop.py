@@ -193,7 +193,13 @@ def fit(
     rank, world_size = rank_and_world_size()
     data = data.to(device)
     module.to(device).train()
-    trainer = DistributedDataParallel(module) if world_size > 1 else module
+    # With several modalities the presence-pattern classifier gets no gradient in a minibatch of one
+    # pattern, which can happen on one rank and not on another; DDP must then look for such weights.
+    trainer = (
+        DistributedDataParallel(module, find_unused_parameters=len(module.modality_names) > 1)
+        if world_size > 1
+        else module
+    )
     train_index = torch.as_tensor(train_np, device=device)
     validation_index = torch.as_tensor(validation_np, device=device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
