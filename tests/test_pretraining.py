@@ -109,6 +109,7 @@ def test_train_with_pretraining_keeps_the_pretrained_encoder_and_records_both_st
     assert all(p.requires_grad for p in model.module.parameters())
     assert list(history["stage"]) == ["pretrain"] * 3 + ["all"] * 3
     assert list(history["epoch"]) == list(range(1, 7))
+    assert history["kl_weight"].iloc[0] < 1 and (history["kl_weight"].iloc[3:] == 1).all()
     assert history is model.history and np.isfinite(history["validation_elbo"]).all()
     assert model.is_trained
 
