@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import numbers
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from functools import partial
@@ -34,6 +33,7 @@ from scamort.refine import (
     refine_posteriors,
 )
 from scamort.train import TrainConfig, default_max_epochs, fit, resolve_device
+from scamort.train.checkpoint import load_checkpoint, run_fingerprint
 from scamort.train.freeze import frozen
 
 __all__ = ["Model"]
@@ -422,8 +422,8 @@ class Model:
             the same benchmark); ``"none"`` uses ``lr`` as given. Batch 128 gets ``lr`` under every
             rule.
         max_seconds
-            Wall-clock budget: stop after the first epoch that ends past it (over both stages with
-            ``pretrain_modality``).
+            Wall-clock budget: stop after the first epoch that ends past it (with
+            ``pretrain_modality``, the budget of each stage).
         pretrain_modality
             With several modalities: first train on this modality alone (every other one masked, as
             for cells not measured in it; cells lacking it sit this stage out), so that it alone
@@ -489,20 +489,19 @@ class Model:
             progress_bar=progress_bar,
             checkpoint_every=checkpoint_every,
         )
-        started = time.perf_counter()
         if pretrain_modality is None:
             result = run(config, checkpoint_dir=checkpoint_dir)
             history = result.history
         else:
-            pretraining = run(
-                config,
-                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / PRETRAIN_FOLDER,
-                modalities=(pretrain_modality,),
-            )
-            if max_seconds is not None:
-                config = replace(config, max_seconds=max(0.0, max_seconds - (time.perf_counter() - started)))
+            first_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / PRETRAIN_FOLDER
+            second = replace(config, kl_warmup_epochs=0)
+            if checkpoint_dir is not None:  # refuse a foreign checkpoint of either stage before training
+                only = (pretrain_modality,)
+                load_checkpoint(first_dir, config, run_fingerprint(self.module, self._data, only))
+                load_checkpoint(checkpoint_dir, second, run_fingerprint(self.module, self._data))
+            pretraining = run(config, checkpoint_dir=first_dir, modalities=(pretrain_modality,))
             with frozen(self.module.encoders[pretrain_modality]):
-                result = run(replace(config, kl_warmup_epochs=0), checkpoint_dir=checkpoint_dir)
+                result = run(second, checkpoint_dir=checkpoint_dir)
             history = pd.concat(
                 [pretraining.history.assign(stage="pretrain"), result.history.assign(stage="all")],
                 ignore_index=True,

@@ -161,3 +161,27 @@ def test_a_pretrained_model_saves_and_loads_with_its_stages(tmp_path: Path) -> N
     loaded = scamort.Model.load(tmp_path / "model", model.adata)
     assert list(loaded.history["stage"]) == ["pretrain"] * 2 + ["all"] * 2
     np.testing.assert_allclose(loaded.get_latent_representation(), model.get_latent_representation())
+
+
+def test_a_foreign_checkpoint_is_refused_before_the_first_stage(tmp_path: Path) -> None:
+    options = {"max_epochs": 2, "batch_size": 32, "progress_bar": False}
+    unpaired_model().train(checkpoint_dir=tmp_path, **options)  # a run without pretraining
+    model = unpaired_model()
+    before = weights(model.module)
+    with pytest.raises(InputError, match="other training options"):
+        model.train(checkpoint_dir=tmp_path, pretrain_modality="rna", **options)
+    assert not (tmp_path / "pretrain").exists()
+    assert_same(weights(model.module), before)
+    assert model.history is None
+
+
+def test_a_time_budget_applies_to_each_stage_and_each_resumes(tmp_path: Path) -> None:
+    options = {"max_epochs": 3, "batch_size": 32, "progress_bar": False, "pretrain_modality": "rna"}
+    first = unpaired_model()
+    history = first.train(checkpoint_dir=tmp_path, max_seconds=1e-9, **options)
+    assert list(history["stage"]) == ["pretrain", "all"]  # one epoch per stage
+    # the same call again resumes each stage from its checkpoint for one more epoch
+    again = unpaired_model().train(checkpoint_dir=tmp_path, max_seconds=1e-9, **options)
+    assert list(again["stage"]) == ["pretrain"] * 2 + ["all"] * 2
+    kept = again.drop(columns=["seconds", "epoch"]).iloc[[0]].to_numpy()
+    np.testing.assert_array_equal(kept, history.drop(columns=["seconds", "epoch"]).iloc[[0]].to_numpy())
