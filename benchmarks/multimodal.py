@@ -43,7 +43,8 @@ JSON fields (``benchmarks/results/multimodal.json``)
 ----------------------------------------------------
 ``settings``
     :class:`Settings` of every scamort model (epochs, batch size, lr, n_latent, n_hidden,
-    modality_dropout, alignment_weight, seed); a row's ``settings_changed`` lists its departures.
+    modality_dropout, alignment_weight, mixing_weight, n_private_latent, pretrain_modality, seed);
+    a row's ``settings_changed`` lists its departures.
 ``cite`` / ``multiome``
     ``n_cells``, ``n_features``, ``n_cell_types``, ``group_sizes`` and ``models``: per model
     ``likelihood`` (of the second modality; scamort), ``settings_changed``, ``epochs_run``,
