@@ -222,9 +222,13 @@ def _check_pairs(scales1: np.ndarray, scales2: np.ndarray) -> None:
 
 # ---------------------------------------------------------------------------------------- groups
 def _group_masks(
-    obs: pd.DataFrame, groupby: str, group1: Any, group2: Any | None
+    source: Any, groupby: str, group1: Any, group2: Any | None
 ) -> tuple[np.ndarray, np.ndarray, str, str]:
-    """Boolean cell masks of both groups and their labels (``"rest"`` for every other cell)."""
+    """Boolean cell masks of both groups of ``source.obs`` (an AnnData or MuData) and their labels
+    (``"rest"`` for every other cell)."""
+    obs = source.obs
+    if is_mudata(source) and isinstance(groupby, str) and groupby not in obs.columns:
+        raise missing_obs_column(source, groupby, "groupby")
     if not isinstance(groupby, str) or groupby not in obs.columns:
         columns = ", ".join(map(repr, obs.columns)) or "none"
         raise InputError(f"groupby={groupby!r} is not a column of .obs (columns: {columns}).")
@@ -458,9 +462,7 @@ def differential_expression(
     if not is_mudata(source) and type(source).__name__ != "AnnData":
         raise InputError(f"Expected an AnnData or MuData, got {type(source).__name__}.")
     name = model.registry.modalities[0].name if modality is None else model.registry.modality(modality).name
-    if is_mudata(source) and isinstance(groupby, str) and groupby not in source.obs.columns:
-        raise missing_obs_column(source, groupby, "groupby")
-    mask1, mask2, label1, label2 = _group_masks(source.obs, groupby, group1, group2)
+    mask1, mask2, label1, label2 = _group_masks(source, groupby, group1, group2)
     if not model.is_trained:
         logger.warning("Differential expression with a model that has not been trained.")
 

@@ -495,9 +495,7 @@ class Model:
         else:
             first_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / PRETRAIN_FOLDER
             second = replace(config, kl_warmup_epochs=0)
-            if checkpoint_dir is not None:  # refuse a foreign checkpoint of either stage before training
-                only = (pretrain_modality,)
-                load_checkpoint(first_dir, config, run_fingerprint(self.module, self._data, only))
+            if checkpoint_dir is not None:  # the first stage's own is checked as it starts
                 load_checkpoint(checkpoint_dir, second, run_fingerprint(self.module, self._data))
             pretraining = run(config, checkpoint_dir=first_dir, modalities=(pretrain_modality,))
             with frozen(self.module.encoders[pretrain_modality]):

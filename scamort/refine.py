@@ -39,6 +39,7 @@ import torch
 from scamort.data.cell_data import CellData, Minibatch
 from scamort.inference import MAX_DECODED_ROWS, posterior_rows, repeat_minibatch
 from scamort.module import VAE, Posterior, gaussian_kl
+from scamort.train.freeze import frozen as frozen_weights
 
 __all__ = [
     "DEFAULT_LR",
@@ -248,16 +249,11 @@ def _noise_elbo(module: VAE, repeats: _Repeats, posterior: Posterior, noise: tor
 def frozen(module: VAE) -> Iterator[VAE]:
     """Eval mode and ``requires_grad=False`` on every parameter; both are restored afterwards."""
     was_training = module.training
-    parameters = list(module.parameters())
-    requires_grad = [p.requires_grad for p in parameters]
     module.eval()
-    for parameter in parameters:
-        parameter.requires_grad_(False)
     try:
-        yield module
+        with frozen_weights(module):
+            yield module
     finally:
-        for parameter, flag in zip(parameters, requires_grad, strict=True):
-            parameter.requires_grad_(flag)
         module.train(was_training)
 
 

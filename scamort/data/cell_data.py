@@ -160,17 +160,6 @@ class Minibatch:
         """Number of cells."""
         return self.batch_index.shape[0]
 
-    def restricted_to(self, names: Sequence[str]) -> Minibatch:
-        """The same cells with every modality not in ``names`` marked unmeasured for all of them
-        (its expert leaves the product and its reconstruction term the ELBO); counts are shared."""
-        return replace(
-            self,
-            modalities={
-                name: batch if name in names else replace(batch, present=torch.zeros_like(batch.present))
-                for name, batch in self.modalities.items()
-            },
-        )
-
 
 def cell_keys(names: Sequence[str]) -> torch.Tensor:
     """Stable non-negative 31-bit ids of cells from their names, shape ``(n_cells,)`` int64.
@@ -225,6 +214,16 @@ class CellData:
             continuous=self.continuous.to(device),
             cell_keys=None if self.cell_keys is None else self.cell_keys.to(device),
         )
+
+    def restricted_to(self, names: Sequence[str]) -> CellData:
+        """The same cells with every modality not in ``names`` marked unmeasured in all of them (its
+        expert leaves the product and its reconstruction term the ELBO); the counts are shared."""
+        unmeasured = {
+            name: replace(tensors, present=torch.zeros_like(tensors.present))
+            for name, tensors in self.modalities.items()
+            if name not in names
+        }
+        return replace(self, modalities={**self.modalities, **unmeasured})
 
     def take(self, index: torch.Tensor) -> CellData:
         """The cells at positions ``index`` (shape ``(n,)``, on this device), in that order."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,7 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> None:
             os.remove(temporary)
 
 
-def run_fingerprint(
-    module: torch.nn.Module, data: Any, modalities: Sequence[str] | None = None
-) -> dict[str, Any]:
+def run_fingerprint(module: torch.nn.Module, data: Any) -> dict[str, Any]:
     """What a checkpoint must match besides the training options: the model's configuration, and the
     data's cells and count totals (integers, so exact on any device).
 
@@ -50,8 +47,6 @@ def run_fingerprint(
         The VAE (its ``config`` describes the architecture).
     data
         The cells trained on (:class:`~scamort.data.CellData`, or backed data with ``n_cells``).
-    modalities
-        The modalities trained on, when not all (see :func:`~scamort.train.fit`).
 
     Returns
     -------
@@ -59,8 +54,6 @@ def run_fingerprint(
         Strings and numbers only.
     """
     fingerprint: dict[str, Any] = {"module": repr(module.config), "n_cells": int(data.n_cells)}
-    if modalities is not None:
-        fingerprint["modalities"] = list(modalities)
     in_memory = data.modalities if isinstance(data, CellData) else {}  # backed data: cells only
     for name, tensors in in_memory.items():
         fingerprint[f"counts_{name}"] = [

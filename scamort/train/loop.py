@@ -107,13 +107,11 @@ class _Totals:
 
 
 @torch.no_grad()
-def _evaluate(
-    module: VAE, data: CellData, index: torch.Tensor, batch_size: int, modalities: Sequence[str] | None
-) -> list[float]:
+def _evaluate(module: VAE, data: CellData, index: torch.Tensor, batch_size: int) -> list[float]:
     module.eval()
     totals = _Totals(data.device)
     for batch in data.iterate(index, batch_size):
-        terms = module.loss_terms(batch if modalities is None else batch.restricted_to(modalities))
+        terms = module.loss_terms(batch)
         totals.add(torch.zeros((), device=data.device), terms.total_reconstruction, terms.kl)
     module.train()
     return totals.means()[1:]
@@ -183,6 +181,7 @@ def fit(
     """
     train_np, validation_np = split_cells(data.n_cells, config.train_size, config.seed)
     if modalities is not None:
+        data = data.restricted_to(modalities)
         measured = np.logical_or.reduce([data.modalities[name].present.cpu().numpy() for name in modalities])
         train_np, validation_np = train_np[measured[train_np]], validation_np[measured[validation_np]]
         if len(train_np) == 0:
@@ -207,7 +206,7 @@ def fit(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
     progress = _Progress()
-    fingerprint = run_fingerprint(module, data, modalities) if checkpoint_dir is not None else None
+    fingerprint = run_fingerprint(module, data) if checkpoint_dir is not None else None
     saved = load_checkpoint(checkpoint_dir, config, fingerprint) if checkpoint_dir is not None else None
     if saved is not None:
         module.load_state_dict(saved["module"])
@@ -237,7 +236,7 @@ def fit(
         order = data.epoch_order(train_index, generator)
         for batch in data.iterate(shard(order, rank, world_size), config.batch_size):
             kl_weight = min(1.0, progress.step / warmup_steps) if warmup_steps else 1.0
-            terms = trainer(batch if modalities is None else batch.restricted_to(modalities))
+            terms = trainer(batch)
             loss = -terms.elbo(kl_weight).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -249,11 +248,7 @@ def fit(
         validation = (
             all_reduce_mean(
                 _evaluate(
-                    module,
-                    data,
-                    shard(validation_index, rank, world_size),
-                    config.validation_batch_size,
-                    modalities,
+                    module, data, shard(validation_index, rank, world_size), config.validation_batch_size
                 ),
                 device,
             )
