@@ -9,7 +9,6 @@ carry little Monte Carlo noise.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from scamort._checks import is_whole_number
 from scamort.data.cell_data import CellData
 from scamort.errors import InputError
 from scamort.module import VAE
@@ -69,7 +69,7 @@ class GapOptions:
 
     def __post_init__(self) -> None:
         steps = self.steps if isinstance(self.steps, tuple | list) else None
-        whole = (not isinstance(k, bool) and isinstance(k, numbers.Integral) and k >= 1 for k in steps or ())
+        whole = (is_whole_number(k, 1) for k in steps or ())
         if not steps or not all(whole):
             raise InputError(f"steps must be a non-empty sequence of positive integers, got {self.steps!r}.")
         if self.n_optimum_steps < max(self.steps):

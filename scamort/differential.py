@@ -29,6 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scamort import inference
+from scamort._checks import is_real_number
 from scamort.data import encode_cells
 from scamort.data.sources import is_mudata
 from scamort.data.validation import missing_obs_column
@@ -204,12 +205,6 @@ def estimate_pseudocount(
         absent = np.asarray(absent, dtype=bool)
         levels.append(float(np.quantile(scales.max(axis=0)[absent], quantile)) if absent.any() else 1e-10)
     return max(1e-10, max(levels) / scales1.shape[1])
-
-
-def _is_real(value: Any) -> bool:
-    """A real number (not a bool, not NaN)."""
-    numeric = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-    return numeric and value == value
 
 
 def _check_pairs(scales1: np.ndarray, scales2: np.ndarray) -> None:
@@ -450,11 +445,11 @@ def differential_expression(
         raise InputError(f"mode={mode!r} is not supported; choose one of {', '.join(MODES)}.")
     if not isinstance(n_samples, int | np.integer) or n_samples < 2:
         raise InputError(f"n_samples must be an integer >= 2, got {n_samples!r}.")
-    if mode == "change" and not (_is_real(delta) and delta > 0):
+    if mode == "change" and not (is_real_number(delta) and delta > 0):
         raise InputError(f"delta must be positive (a log2 fold change), got {delta!r}.")
-    if not (_is_real(fdr_target) and 0 < fdr_target < 1):
+    if not (is_real_number(fdr_target) and 0 < fdr_target < 1):
         raise InputError(f"fdr_target must lie in (0, 1), got {fdr_target!r}.")
-    if pseudocount is not None and not (_is_real(pseudocount) and pseudocount >= 0):
+    if pseudocount is not None and not (is_real_number(pseudocount) and pseudocount >= 0):
         raise InputError(f"pseudocount must be >= 0 or None, got {pseudocount!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InputError(f"seed must be an integer >= 0, got {seed!r}.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 
 from scamort import inference, io
+from scamort._checks import is_real_number, is_whole_number
 from scamort.amortization_gap import AmortizationGap, GapOptions, measure_amortization_gap
 from scamort.data import CellData, Modality, Registry, build_registry, encode_cells
 from scamort.data.backed import BackedCellData, is_backed
@@ -78,7 +78,7 @@ def _private_sizes(value: int | Mapping[str, int], modalities: Mapping[str, Moda
 
 
 def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
-    if not isinstance(value, int | np.integer) or value < minimum:
+    if not is_whole_number(value, minimum):
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
@@ -242,10 +242,10 @@ class Model:
         _check_positive_int(seed, "seed", minimum=0)
         private = _private_sizes(n_private_latent, modalities)
         for value, name in ((dropout_rate, "dropout_rate"), (modality_dropout, "modality_dropout")):
-            if not (isinstance(value, numbers.Real) and 0 <= value < 1):
+            if not (is_real_number(value) and 0 <= value < 1):
                 raise InputError(f"{name} must be a number in [0, 1), got {value!r}.")
         for value, name in ((alignment_weight, "alignment_weight"), (mixing_weight, "mixing_weight")):
-            if not (isinstance(value, numbers.Real) and 0 <= value < float("inf")):
+            if not (is_real_number(value, finite=True) and value >= 0):
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}.")
         init_params = {
             "layer": layer,
@@ -721,9 +721,8 @@ class Model:
         """
         _check_positive_int(n_samples, "n_samples")
         latent_library = isinstance(library_size, str)
-        is_number = isinstance(library_size, numbers.Real) and not isinstance(library_size, bool)
         if (latent_library and library_size != "latent") or not (
-            latent_library or (is_number and 0 < library_size < float("inf"))
+            latent_library or (is_real_number(library_size, finite=True) and library_size > 0)
         ):
             raise InputError(f"library_size must be a positive number or 'latent', got {library_size!r}.")
         name = self._modality_name(modality)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from scamort._checks import is_real_number, is_whole_number
 from scamort.data.cell_data import CellData, Minibatch
 from scamort.inference import MAX_DECODED_ROWS, posterior_rows, repeat_minibatch
 from scamort.module import VAE, Posterior, gaussian_kl
@@ -119,9 +120,9 @@ class RefineOptions:
             _check_int(getattr(self, name), name, minimum)
         _check_int(self.n_eval_samples, "n_eval_samples", 1)
         _check_int(self.seed, "seed", 0)
-        if not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
+        if not (is_real_number(self.lr, finite=True) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}.")
-        if not (isinstance(self.lr_decay, float | int) and 0 < self.lr_decay <= 1):
+        if not (is_real_number(self.lr_decay) and 0 < self.lr_decay <= 1):
             raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay!r}.")
         if self.noise not in NOISE_SCHEMES:
             raise ValueError(f"noise must be one of {NOISE_SCHEMES}, got {self.noise!r}.")
@@ -131,7 +132,7 @@ class RefineOptions:
 
 
 def _check_int(value: object, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    if not is_whole_number(value, minimum):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 

@@ -8,7 +8,6 @@ source cell, so known cell types still separate.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scamort._checks import is_real_number, is_whole_number
 from scamort.data.validation import check_counts
 from scamort.errors import InputError
 
@@ -53,10 +53,10 @@ def _grown_chunks(
 def _check_options(n_cells: object, thinning: object, chunk_size: object) -> None:
     """Refuse options :func:`grow` cannot use, before any work."""
     for value, name in ((n_cells, "n_cells"), (chunk_size, "chunk_size")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if not is_whole_number(value, 1):
             raise InputError(f"{name} must be a whole number >= 1, got {value!r}.")
     low, high = thinning if isinstance(thinning, tuple | list) and len(thinning) == 2 else (None, None)
-    if not (isinstance(low, numbers.Real) and isinstance(high, numbers.Real) and 0 < low <= high <= 1):
+    if not (is_real_number(low) and is_real_number(high) and 0 < low <= high <= 1):
         raise InputError(f"thinning must be a range (low, high) with 0 < low <= high <= 1, got {thinning!r}.")
 
 

@@ -85,6 +85,10 @@ def test_empty_cells_are_counted_and_the_fix_is_named() -> None:
         ({"n_latent": 0}, r"n_latent must be an integer >= 1"),
         ({"dropout_rate": 1.5}, r"dropout_rate must be a number in \[0, 1\), got 1.5"),
         ({"dropout_rate": "0.1"}, r"dropout_rate must be a number in \[0, 1\), got .0.1."),
+        ({"n_latent": True}, r"n_latent must be an integer >= 1, got True"),
+        ({"seed": False}, r"seed must be an integer >= 0, got False"),
+        ({"mixing_weight": True}, r"mixing_weight must be a finite number >= 0, got True"),
+        ({"alignment_weight": float("nan")}, r"alignment_weight must be a finite number >= 0, got nan"),
     ],
 )
 def test_unknown_keys_and_options_are_refused(counts_adata, kwargs, message) -> None:
@@ -114,6 +118,9 @@ def test_too_few_cells_for_the_validation_split() -> None:
         ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"train_size": 1.5}, r"train_size must be in \(0, 1\]"),
         ({"lr": -1.0}, "lr must be positive"),
+        ({"lr": True}, "lr must be a finite number, got True"),
+        ({"max_seconds": True}, "max_seconds must be a positive number or None, got True"),
+        ({"max_seconds": float("nan")}, "max_seconds must be a positive number or None, got nan"),
         ({"device": "tpu"}, "Unknown device 'tpu'"),
     ],
 )

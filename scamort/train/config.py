@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from dataclasses import dataclass
 
 import torch
 
+from scamort._checks import is_real_number, is_whole_number
 from scamort.errors import InputError
 
 __all__ = ["TrainConfig", "default_max_epochs", "resolve_device"]
@@ -79,11 +78,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("max_epochs", "batch_size", "kl_warmup_epochs", "early_stopping_patience", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_whole_number(value):
                 raise InputError(f"{name} must be a whole number, got {value!r}.")
         for name in ("lr", "weight_decay", "train_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if not is_real_number(value, finite=True):
                 raise InputError(f"{name} must be a finite number, got {value!r}.")
         seconds = self.max_seconds
         checks = [
@@ -95,7 +94,7 @@ class TrainConfig:
             (self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0."),
             (self.early_stopping_patience >= 1, "early_stopping_patience must be >= 1."),
             (
-                seconds is None or (isinstance(seconds, numbers.Real) and seconds > 0),
+                seconds is None or (is_real_number(seconds) and seconds > 0),
                 f"max_seconds must be a positive number or None, got {seconds!r}.",
             ),
             (
