@@ -65,6 +65,10 @@ examples:
   scamort fit cells.h5ad --out cells_scamort.h5ad --layer counts --batch-key sample \\
       --epochs 200 --n-latent 20 --likelihood zinb --model-dir cells_model/
   scamort fit cells.h5ad --out embedding.parquet     # only the embedding table
+  scamort fit cite.h5ad --out cite_scamort.h5ad --batch-key batch \\
+      --modality rna=nb --modality prot=nb,obsm=protein_expression
+  scamort fit multiome.h5mu --out multiome_scamort.h5mu \\
+      --modality rna=nb --modality atac=bernoulli_depth,binarize --pretrain-modality rna
 
 the input must hold raw counts (in .X or in --layer)."""
 
@@ -185,9 +189,9 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         action="append",
         type=_modality,
         metavar="SPEC",
-        help="model several modalities, one option each: NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize] "
-        "(e.g. rna=nb prot=nb,obsm=protein_expression atac=bernoulli,binarize); with an .h5mu input the "
-        "NAMEs are its modalities",
+        help="model several modalities, one --modality per modality: "
+        "NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize] (e.g. --modality rna=nb "
+        "--modality prot=nb,obsm=protein_expression); with an .h5mu input the NAMEs are its modalities",
     )
     fit.add_argument(
         "--pretrain-modality",

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scamort.cli import main
+from scamort.cli import DEMO_EPILOG, EMBED_EPILOG, EPILOG, FIT_EPILOG, build_parser, main
 from scamort.demo import METRIC_KEYS
 
 matplotlib.use("Agg")
@@ -80,6 +80,28 @@ def test_command_help_mentions_options(
     assert "examples:" in out
     for option in options:
         assert option in out
+
+
+def example_commands(epilog: str) -> list[list[str]]:
+    """The ``scamort ...`` example lines of a help epilog, continuations joined, comments dropped."""
+    text = epilog.replace("\\\n", " ")
+    lines = [line.split("#")[0].split() for line in text.splitlines()]
+    return [words[1:] for words in lines if words[:1] == ["scamort"]]
+
+
+@pytest.mark.parametrize("epilog", [EPILOG, DEMO_EPILOG, FIT_EPILOG, EMBED_EPILOG])
+def test_every_help_example_parses(epilog: str) -> None:
+    examples = example_commands(epilog)
+    assert examples
+    parser = build_parser()
+    for words in examples:
+        parser.parse_args(words)
+
+
+def test_multimodal_fit_example_gives_one_modality_per_option() -> None:
+    (multimodal,) = [w for w in example_commands(FIT_EPILOG) if "prot=nb,obsm=protein_expression" in w]
+    specs = build_parser().parse_args(multimodal).modality
+    assert [spec[0] for spec in specs] == ["rna", "prot"]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
