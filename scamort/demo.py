@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from scamort._checks import is_whole_number
+
 if TYPE_CHECKING:
     import os
 
@@ -107,7 +109,7 @@ def run_demo(
     from scamort.export import embed
 
     epochs = max_epochs if max_epochs is not None else (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if not is_whole_number(epochs, 1):
         raise ValueError(f"The number of epochs must be a whole number of at least 1, got {epochs!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

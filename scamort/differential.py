@@ -29,7 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scamort import inference
-from scamort._checks import is_real_number
+from scamort._checks import is_real_number, is_whole_number
 from scamort.data import encode_cells
 from scamort.data.sources import is_mudata
 from scamort.data.validation import missing_obs_column
@@ -443,7 +443,7 @@ def differential_expression(
     """
     if mode not in MODES:
         raise InputError(f"mode={mode!r} is not supported; choose one of {', '.join(MODES)}.")
-    if not isinstance(n_samples, int | np.integer) or n_samples < 2:
+    if not is_whole_number(n_samples, 2):
         raise InputError(f"n_samples must be an integer >= 2, got {n_samples!r}.")
     if mode == "change" and not (is_real_number(delta) and delta > 0):
         raise InputError(f"delta must be positive (a log2 fold change), got {delta!r}.")
@@ -451,7 +451,7 @@ def differential_expression(
         raise InputError(f"fdr_target must lie in (0, 1), got {fdr_target!r}.")
     if pseudocount is not None and not (is_real_number(pseudocount) and pseudocount >= 0):
         raise InputError(f"pseudocount must be >= 0 or None, got {pseudocount!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+    if not is_whole_number(seed, 0):
         raise InputError(f"seed must be an integer >= 0, got {seed!r}.")
     source = model.adata if adata is None else adata
     if not is_mudata(source) and type(source).__name__ != "AnnData":
