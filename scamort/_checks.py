@@ -3,7 +3,7 @@
 Python's ``bool`` is an ``int``, so ``isinstance(True, int)`` holds and ``n_latent=True`` would pass a
 plain ``isinstance`` check as ``1``. These predicates refuse booleans, accept NumPy scalars, and (for
 real numbers) refuse NaN, so every argument check in the package draws the same line. Each caller keeps
-its own error message.
+its own error message, except for the common "an integer >= minimum" (:func:`check_whole_number`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["is_real_number", "is_whole_number"]
+from scamort.errors import InputError
+
+__all__ = ["check_whole_number", "is_real_number", "is_whole_number"]
 
 
 def is_whole_number(value: object, minimum: int | None = None) -> bool:
@@ -53,3 +55,19 @@ def is_real_number(value: object, *, finite: bool = False) -> bool:
         return False
     number = float(value)
     return math.isfinite(number) if finite else not math.isnan(number)
+
+
+def check_whole_number(value: object, name: str, minimum: int = 1) -> None:
+    """Raise :class:`~scamort.errors.InputError` unless ``value`` is an integer ``>= minimum``.
+
+    Parameters
+    ----------
+    value
+        The argument to check.
+    name
+        The argument's name, for the message.
+    minimum
+        Smallest accepted value.
+    """
+    if not is_whole_number(value, minimum):
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import scamort
-import scamort.model as model_module
+import scamort.model_training as model_module
 from scamort.errors import InputError
 
 
