@@ -14,15 +14,17 @@ of group 2, and each pair gives a log2 fold change per gene. From these posterio
     ``proba_m1 = P(ρ1 > ρ2)`` and its Bayes factor.
 
 The statistics are pure functions of the sampled arrays (:func:`change_statistics`,
-:func:`vanilla_statistics`, :func:`posterior_expected_fdr`, :func:`fdr_de_flags`); only
-:func:`differential_expression` touches the model and the AnnData.
+:func:`vanilla_statistics`, :func:`posterior_expected_fdr`, :func:`fdr_de_flags`, defined in
+:mod:`scamort.de_statistics` and re-exported here); only :func:`differential_expression` touches the
+model and the AnnData, which it reads through the :class:`DifferentialModel` protocol (what a
+:class:`scamort.Model` offers), so this module does not import the model.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,13 +35,21 @@ from scamort._checks import is_real_number, is_whole_number
 from scamort.data import encode_cells
 from scamort.data.sources import is_mudata
 from scamort.data.validation import missing_obs_column
+from scamort.de_statistics import (
+    change_statistics,
+    estimate_pseudocount,
+    fdr_de_flags,
+    posterior_expected_fdr,
+    vanilla_statistics,
+)
 from scamort.errors import InputError
 
 if TYPE_CHECKING:
     import anndata as ad
+    import torch
 
-    from scamort.data import CellData
-    from scamort.model import Model
+    from scamort.data import CellData, Registry
+    from scamort.module import VAE
 
 __all__ = [
     "MODES",
@@ -58,161 +68,34 @@ MODES = ("change", "vanilla")
 
 #: Mean raw count below which a gene counts as not expressed in a group (pseudocount estimate).
 _NOT_EXPRESSED_MEAN = 0.01
-#: Added inside the Bayes factor's logarithms so that probabilities of 0 or 1 stay finite.
-_EPS = 1e-8
 #: Features per block when computing statistics (temporaries of ``n_samples × _FEATURE_CHUNK``).
 _FEATURE_CHUNK = 2048
 
 
-# ---------------------------------------------------------------------------------------- statistics
-def change_statistics(
-    scales1: np.ndarray, scales2: np.ndarray, *, delta: float, pseudocount: float = 0.0
-) -> dict[str, np.ndarray]:
-    """Posterior log2 fold-change statistics of paired normalized-expression samples.
+class DifferentialModel(Protocol):
+    """What :func:`differential_expression` reads of a model (a :class:`scamort.Model` has it all).
 
-    Parameters
+    Attributes
     ----------
-    scales1, scales2
-        Paired samples of normalized expression of the two groups, each ``(n_pairs, n_features)``.
-    delta
-        Half-width of the no-change region on the log2 scale: a pair counts as a change where
-        ``|LFC| >= delta``.
-    pseudocount
-        Added to both scales before the logarithm (damps fold changes of unexpressed genes).
-
-    Returns
-    -------
-    dict of str to numpy.ndarray
-        Arrays of shape ``(n_features,)``: ``proba_de`` (``P(|LFC| >= delta)``), ``proba_not_de``,
-        ``bayes_factor`` (``log(proba_de / proba_not_de)``), ``lfc_mean``, ``lfc_median``,
-        ``lfc_std``, ``lfc_min``, ``lfc_max``.
+    adata
+        The model's training data (the default cells).
+    registry
+        The model's features, batches and covariates.
+    module
+        The trained VAE.
+    is_trained
+        Whether the model was trained (an untrained one only draws a warning).
     """
-    _check_pairs(scales1, scales2)
-    if not delta > 0:
-        raise InputError(f"delta must be positive (a log2 fold change), got {delta!r}.")
-    lfc = np.log2(scales1 + pseudocount) - np.log2(scales2 + pseudocount)
-    proba_de = np.mean(np.abs(lfc) >= delta, axis=0)
-    return {
-        "proba_de": proba_de,
-        "proba_not_de": 1.0 - proba_de,
-        "bayes_factor": np.log(proba_de + _EPS) - np.log(1.0 - proba_de + _EPS),
-        "lfc_mean": lfc.mean(axis=0),
-        "lfc_median": np.median(lfc, axis=0),
-        "lfc_std": lfc.std(axis=0),
-        "lfc_min": lfc.min(axis=0),
-        "lfc_max": lfc.max(axis=0),
-    }
 
+    adata: Any
+    registry: Registry
+    module: VAE
+    is_trained: bool
 
-def vanilla_statistics(scales1: np.ndarray, scales2: np.ndarray) -> dict[str, np.ndarray]:
-    """Posterior probability that group 1 expresses each feature more than group 2.
-
-    Parameters
-    ----------
-    scales1, scales2
-        Paired samples of normalized expression of the two groups, each ``(n_pairs, n_features)``.
-
-    Returns
-    -------
-    dict of str to numpy.ndarray
-        Arrays of shape ``(n_features,)``: ``proba_m1`` (``P(ρ1 > ρ2)``), ``proba_m2``
-        (``1 - proba_m1``) and ``bayes_factor`` (``log(proba_m1 / proba_m2)``).
-    """
-    _check_pairs(scales1, scales2)
-    proba_m1 = np.mean(scales1 > scales2, axis=0)
-    return {
-        "proba_m1": proba_m1,
-        "proba_m2": 1.0 - proba_m1,
-        "bayes_factor": np.log(proba_m1 + _EPS) - np.log(1.0 - proba_m1 + _EPS),
-    }
-
-
-def posterior_expected_fdr(proba_de: np.ndarray) -> np.ndarray:
-    """Posterior expected false discovery rate of calling the ``k`` most probable features DE.
-
-    Parameters
-    ----------
-    proba_de
-        Posterior probability of differential expression per feature, ``(n_features,)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_features,)``: entry ``k - 1`` is the mean of ``1 - proba_de`` over the ``k`` features
-        with the highest ``proba_de`` (features in decreasing order of ``proba_de``).
-    """
-    ordered = np.sort(np.asarray(proba_de, dtype=np.float64))[::-1]
-    return np.cumsum(1.0 - ordered) / np.arange(1, ordered.size + 1)
-
-
-def fdr_de_flags(proba_de: np.ndarray, fdr_target: float = 0.05) -> np.ndarray:
-    """Call features DE while the posterior expected FDR stays at most ``fdr_target``.
-
-    The features are sorted by ``proba_de`` (decreasing) and the longest prefix whose posterior
-    expected FDR (:func:`posterior_expected_fdr`) is ``<= fdr_target`` is flagged.
-
-    Parameters
-    ----------
-    proba_de
-        Posterior probability of differential expression per feature, ``(n_features,)``.
-    fdr_target
-        Largest tolerated posterior expected FDR, in ``(0, 1)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Boolean ``(n_features,)`` in the input order.
-    """
-    if not 0 < fdr_target < 1:
-        raise InputError(f"fdr_target must lie in (0, 1), got {fdr_target!r}.")
-    proba_de = np.asarray(proba_de, dtype=np.float64)
-    order = np.argsort(-proba_de, kind="stable")
-    below = np.flatnonzero(posterior_expected_fdr(proba_de) <= fdr_target)
-    n_called = 0 if below.size == 0 else int(below[-1]) + 1
-    flags = np.zeros(proba_de.size, dtype=bool)
-    flags[order[:n_called]] = True
-    return flags
-
-
-def estimate_pseudocount(
-    scales1: np.ndarray,
-    scales2: np.ndarray,
-    not_expressed1: np.ndarray,
-    not_expressed2: np.ndarray,
-    quantile: float = 0.9,
-) -> float:
-    """The pseudocount scVI's ``change`` mode estimates from genes a group does not express.
-
-    For each group, the ``quantile`` of the largest sampled scale among features the group does not
-    express; the larger of the two, divided by the number of features (at least ``1e-10``).
-
-    Parameters
-    ----------
-    scales1, scales2
-        Normalized-expression samples of the groups, each ``(n_samples, n_features)``.
-    not_expressed1, not_expressed2
-        Boolean ``(n_features,)``: features (nearly) absent from the group's counts.
-    quantile
-        Quantile of the per-feature maxima.
-
-    Returns
-    -------
-    float
-        The pseudocount.
-    """
-    levels = []
-    for scales, absent in ((scales1, not_expressed1), (scales2, not_expressed2)):
-        absent = np.asarray(absent, dtype=bool)
-        levels.append(float(np.quantile(scales.max(axis=0)[absent], quantile)) if absent.any() else 1e-10)
-    return max(1e-10, max(levels) / scales1.shape[1])
-
-
-def _check_pairs(scales1: np.ndarray, scales2: np.ndarray) -> None:
-    if scales1.shape != scales2.shape or scales1.ndim != 2:
-        raise ValueError(
-            f"Paired samples must share one 2-d shape (n_pairs, n_features); got {scales1.shape} "
-            f"and {scales2.shape}."
-        )
+    @property
+    def device(self) -> torch.device:
+        """Where the module's weights are."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------- groups
@@ -257,7 +140,7 @@ def _group_masks(
 
 
 # ---------------------------------------------------------------------------------------- sampling
-def _batch_codes(model: Model, batch_correction: bool) -> list[int | None]:
+def _batch_codes(model: DifferentialModel, batch_correction: bool) -> list[int | None]:
     """Batch codes to decode under and average over; ``[None]`` decodes with each cell's own batch."""
     if batch_correction and model.registry.batch_key is not None:
         return list(range(model.registry.n_batch))
@@ -265,7 +148,7 @@ def _batch_codes(model: Model, batch_correction: bool) -> list[int | None]:
 
 
 def _sample_scales(
-    model: Model,
+    model: DifferentialModel,
     data: CellData,
     cells: np.ndarray,
     *,
@@ -337,7 +220,7 @@ def _raw_statistics(data: CellData, modality: str, mask: np.ndarray) -> dict[str
 
 # ---------------------------------------------------------------------------------------- entry point
 def differential_expression(
-    model: Model,
+    model: DifferentialModel,
     adata: ad.AnnData | None = None,
     *,
     groupby: str,
