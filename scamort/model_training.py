@@ -132,17 +132,13 @@ def train(
         epochs, atomically. Calling ``train`` again with the same options and directory (e.g.
         after the process was killed) resumes from it; on CPU the result is identical to an
         uninterrupted run.
-
     lr_scaling
         How the learning rate follows the batch size, with ``B`` the global batch (``batch_size``
-        times the number of torchrun processes): ``"linear"`` (default) uses ``lr * B / 128``,
-        which keeps the held-out ELBO after a given number of epochs at least that of batch 128
-        up to ``B = 2048`` on 20k cells (``benchmarks/scale_cpu.py``: -95.7 at 2048 vs -97.0 at
-        128 after 10 epochs; on the 4186 worm neurons batches 512 and 1024 end at -139.5 and
-        -140.1 vs -139.6 at 128); ``"sqrt"`` uses ``lr * sqrt(B / 128)`` (Adam's square-root
-        rule, more cautious: 1-11% lower held-out ELBO than batch 128's at batches 256-4096 in
-        the same benchmark); ``"none"`` uses ``lr`` as given. Batch 128 gets ``lr`` under every
-        rule.
+        times the number of torchrun processes): ``"linear"`` (default) uses ``lr * B / 128``;
+        ``"sqrt"`` uses ``lr * sqrt(B / 128)`` (Adam's square-root rule: smaller steps at large
+        batches); ``"none"`` uses ``lr`` as given. Batch 128 gets ``lr`` under every rule. The
+        held-out ELBO under each rule and batch size is measured by ``benchmarks/scale_cpu.py``
+        (``benchmarks/README.md``).
     max_seconds
         Wall-clock budget: stop after the first epoch that ends past it (with
         ``pretrain_modality``, the budget of each stage).
@@ -155,15 +151,11 @@ def train(
         training/validation split; only the first warms the KL weight up, since the second
         starts from a model trained at KL weight 1 (warming up again from 0 lets the posteriors
         narrow and the other experts' variation into the latent). Use it when one modality
-        carries the structure of interest and another adds little to it: on the bundled 500-cell
-        multiome data with 600 peaks, the paired RNA + ATAC embedding then clusters cell types
-        as well as RNA alone (Leiden ARI / NMI 0.384 / 0.567 vs 0.381 / 0.569, means of twelve
-        seeds) instead of clearly worse (0.342 / 0.533 vs 0.382 / 0.571 over six), see
-        ``benchmarks/README.md``. Keep the default when the other modality resolves structure of
-        its own, as protein does on CITE-seq (paired ARI 0.593 trained jointly, 0.530 with RNA
-        first), and for unpaired integration: the short second stage mixes cells measured in one
-        modality less (unpaired multiome: ATAC-only cells' own-group share of neighbours 0.69 vs
-        0.44). Default None: one run on all modalities.
+        carries the structure of interest and another adds little to it (e.g. RNA with a few
+        hundred ATAC peaks); keep the default when the other modality resolves structure of its
+        own (as protein does on CITE-seq) and for unpaired integration, where the short second
+        stage mixes the cells measured in one modality less. ``benchmarks/multimodal.py`` measures
+        both cases (``benchmarks/README.md``). Default None: one run on all modalities.
 
     Returns
     -------
