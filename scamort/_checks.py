@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeGuard
 
 from scamort.errors import InputError
 
 __all__ = ["check_whole_number", "is_real_number", "is_whole_number"]
 
 
-def is_whole_number(value: object, minimum: int | None = None) -> bool:
+def is_whole_number(value: object, minimum: int | None = None) -> TypeGuard[int]:
     """Whether ``value`` is an integer (Python or NumPy, not a bool), at least ``minimum`` if given.
 
     Parameters
@@ -33,10 +34,10 @@ def is_whole_number(value: object, minimum: int | None = None) -> bool:
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return False
-    return minimum is None or bool(value >= minimum)
+    return minimum is None or int(value) >= minimum
 
 
-def is_real_number(value: object, *, finite: bool = False) -> bool:
+def is_real_number(value: object, *, finite: bool = False) -> TypeGuard[float]:
     """Whether ``value`` is a real number (Python or NumPy, not a bool, not NaN).
 
     Parameters

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from scamort._checks import is_whole_number
-from scamort.data.cell_data import CellData
+from scamort._figures import figure_of
+from scamort.data.backed import EncodedCells
 from scamort.errors import InputError
 from scamort.module import VAE
 from scamort.refine import RefineOptions, refine_with_options
@@ -60,7 +61,7 @@ class GapOptions:
         Fixed draws per cell for every ELBO reported.
     """
 
-    steps: tuple[int, ...] = (5, 20, 50)
+    steps: Sequence[int] = (5, 20, 50)
     curve: RefineOptions = field(default_factory=RefineOptions)
     n_optimum_steps: int = 200
     optimum_n_samples: int = 8
@@ -196,7 +197,7 @@ class AmortizationGap:
 
 
 def measure_amortization_gap(
-    module: VAE, data: CellData, index: np.ndarray, options: GapOptions | None = None
+    module: VAE, data: EncodedCells, index: np.ndarray, options: GapOptions | None = None
 ) -> AmortizationGap:
     """Measure the amortization gap of each cell (two refinement runs; the module is untouched).
 
@@ -267,7 +268,7 @@ def plot_amortization_gap(
         fig, (curve_ax, hist_ax) = plt.subplots(1, 2, figsize=(10.0, 4.0), layout="constrained")
     else:
         curve_ax, hist_ax = axes
-        fig = curve_ax.figure
+        fig = figure_of(curve_ax)
     largest = max(float(np.max(g.gap, initial=0.0)) for g in named.values())
     edges = np.geomspace(MIN_PLOTTED_GAP, max(largest, 10 * MIN_PLOTTED_GAP), bins + 1)
     for colour, (name, gap) in enumerate(named.items()):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from scamort._version import __version__
 from scamort.cli_commands import PROG, demo_command, embed_command, fit_command
@@ -265,7 +265,7 @@ def modality_spec(text: str) -> tuple[str, object]:
     parts = [p for p in rest.split(",") if p]
     if not name or not parts:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize]")
-    options: dict[str, object] = {"likelihood": parts[0]}
+    options: dict[str, Any] = {"likelihood": parts[0]}
     keys = {"layer": "layer", "obsm": "obsm_key", "present": "present_key"}
     for part in parts[1:]:
         key, _, value = part.partition("=")

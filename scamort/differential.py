@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     import anndata as ad
     import torch
 
-    from scamort.data import CellData, Registry
+    from scamort.data import Registry
+    from scamort.data.backed import EncodedCells
     from scamort.module import VAE
 
 __all__ = [
@@ -149,7 +150,7 @@ def _batch_codes(model: DifferentialModel, batch_correction: bool) -> list[int |
 
 def _sample_scales(
     model: DifferentialModel,
-    data: CellData,
+    data: EncodedCells,
     cells: np.ndarray,
     *,
     modality: str,
@@ -197,7 +198,7 @@ def _by_feature_chunks(
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
-def _raw_statistics(data: CellData, modality: str, mask: np.ndarray) -> dict[str, np.ndarray]:
+def _raw_statistics(data: EncodedCells, modality: str, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Observed-count summaries of the group's measured cells, each ``(n_features,)``."""
     tensors = data.modalities[modality]
     counts = sp.csr_matrix(

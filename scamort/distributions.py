@@ -16,6 +16,9 @@ from torch.distributions import Distribution, constraints
 from scamort.data.sparse_batch import SparseBatch
 from scamort.nb_rows import negative_binomial_rows, softmax_negative_binomial_rows
 
+#: What ``Distribution.sample`` accepts as ``sample_shape``.
+_Shape = torch.Size | list[int] | tuple[int, ...]
+
 __all__ = [
     "Bernoulli",
     "CountDistribution",
@@ -50,7 +53,7 @@ class CountDistribution(Distribution):
     """
 
     arg_constraints: dict = {}  # noqa: RUF012 - parameters are validated by the decoders that build them
-    support = constraints.nonnegative_integer
+    support: constraints.Constraint = constraints.nonnegative_integer
     has_rsample = False
 
     def __init__(self, batch_shape: torch.Size) -> None:
@@ -73,9 +76,14 @@ class NegativeBinomial(CountDistribution):
     """
 
     def __init__(self, log_mu: torch.Tensor, log_theta: torch.Tensor) -> None:
-        self.log_mu = log_mu
+        self._log_mu = log_mu
         self.log_theta = log_theta
         super().__init__(log_mu.shape)
+
+    @property
+    def log_mu(self) -> torch.Tensor:
+        """Log mean, shape ``(n_cells, n_features)``."""
+        return self._log_mu
 
     @property
     def mean(self) -> torch.Tensor:
@@ -119,11 +127,11 @@ class NegativeBinomial(CountDistribution):
         log_lik = negative_binomial_rows(self.log_mu, self.log_theta, counts.row, counts.col, counts.values)
         return log_lik - counts.log_factorial
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             theta = self.log_theta.exp().expand(self.batch_shape)
             mu = self.log_mu.exp().expand(self.batch_shape)
-            rate = torch.distributions.Gamma(theta, theta / mu).sample(sample_shape)
+            rate = torch.distributions.Gamma(theta, theta / mu).sample(torch.Size(sample_shape))
             return torch.poisson(rate)
 
 
@@ -211,7 +219,7 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         )
         return log_zero.sum(-1) + _row_sum_of_nonzeros(nonzero, counts) - counts.log_factorial
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             counts = super().sample(sample_shape)
             zero = torch.bernoulli(torch.sigmoid(self.zi_logits).expand_as(counts))
@@ -240,7 +248,7 @@ class Poisson(CountDistribution):
         nonzero = counts.values * _at_nonzeros(self.log_mu, counts)
         return -self.log_mu.exp().sum(-1) + _row_sum_of_nonzeros(nonzero, counts) - counts.log_factorial
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             return torch.poisson(self.mean.expand(torch.Size(sample_shape) + self.batch_shape))
 
@@ -270,7 +278,7 @@ class Bernoulli(CountDistribution):
         nonzero = counts.values * _at_nonzeros(self.logits, counts)
         return -F.softplus(self.logits).sum(-1) + _row_sum_of_nonzeros(nonzero, counts)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             return torch.bernoulli(self.mean.expand(torch.Size(sample_shape) + self.batch_shape))
 
@@ -346,7 +354,7 @@ class NegativeBinomialMixture(CountDistribution):
     def variance(self) -> torch.Tensor:
         pi = self.background_probability
         theta = self.log_theta.exp()
-        second_moment = 0.0
+        second_moment = torch.zeros_like(pi)
         for weight, log_mu in ((pi, self.log_mu_background), (1 - pi, self.log_mu_foreground)):
             mu = log_mu.exp()
             second_moment = second_moment + weight * (mu + mu.square() / theta + mu.square())
@@ -397,7 +405,7 @@ class NegativeBinomialMixture(CountDistribution):
         nonzero = at_x - _at_nonzeros(zero, counts) + torch.lgamma(x + theta) - torch.lgamma(theta)
         return zero.sum(-1) + _row_sum_of_nonzeros(nonzero, counts) - counts.log_factorial
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.batch_shape
             background = torch.bernoulli(self.background_probability.expand(shape)).bool()

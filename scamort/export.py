@@ -41,7 +41,11 @@ EMBEDDING_SUFFIXES: dict[str, str] = {".csv": "csv", ".parquet": "parquet"}
 class _LatentModel(Protocol):
     """What :func:`embed` needs from a model (satisfied by :class:`scamort.Model`)."""
 
-    init_params: Mapping[str, Any]
+    @property
+    def init_params(self) -> Mapping[str, Any]:
+        """The model's constructor options."""
+        ...
+
     is_trained: bool
 
     def get_latent_representation(

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from scamort.data.cell_data import CellData, Minibatch
+from scamort.data.backed import EncodedCells
+from scamort.data.cell_data import Minibatch
 from scamort.inference import MAX_DECODED_ROWS, posterior_rows, repeat_minibatch
 from scamort.module import VAE, Posterior, gaussian_kl
 from scamort.train.freeze import frozen as frozen_weights
@@ -133,7 +134,7 @@ def frozen(module: VAE) -> Iterator[VAE]:
 
 
 def cell_chunks(
-    data: CellData, index: np.ndarray, batch_size: int
+    data: EncodedCells, index: np.ndarray, batch_size: int
 ) -> Iterator[tuple[slice, Minibatch, torch.Tensor]]:
     """Minibatches over ``index``: their rows within ``index``, the cells, and the cells' noise ids
     ``(batch,)``: the stable keys of their names when ``data`` has them (so a cell's draws do not
@@ -148,7 +149,7 @@ def cell_chunks(
 
 def elbo_with_fixed_noise(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     posteriors: tuple[np.ndarray, np.ndarray] | None = None,
     *,

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from scamort.data.cell_data import CellData, Minibatch, ModalityBatch
+from scamort.data.backed import EncodedCells
+from scamort.data.cell_data import Minibatch, ModalityBatch
 from scamort.errors import InputError
 from scamort.module import VAE, Posterior, gaussian_kl, standard_normal_log_prob
 
@@ -75,7 +76,7 @@ def posterior_rows(
 
 def _batches(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     batch_size: int,
     posteriors: PosteriorArrays | None,
@@ -96,7 +97,7 @@ def _batches(
 @torch.no_grad()
 def latent(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     *,
     give_mean: bool = True,
@@ -116,7 +117,7 @@ def latent(
 @torch.no_grad()
 def elbo_terms(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     *,
     n_samples: int = 1,
@@ -136,7 +137,7 @@ def elbo_terms(
     reconstruction: dict[str, list[np.ndarray]] = {name: [] for name in module.modality_names}
     kls = []
     for batch, posterior in _batches(module, data, index, batch_size, posteriors):
-        sums = {name: 0.0 for name in module.modality_names}
+        sums = {name: torch.zeros(()) for name in module.modality_names}
         for _ in range(n_samples):
             for name, value in module.reconstruction(posterior.rsample(), batch).items():
                 sums[name] = sums[name] + value
@@ -168,7 +169,7 @@ def repeat_minibatch(batch: Minibatch, n: int) -> Minibatch:
 @torch.no_grad()
 def marginal_log_likelihood(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     *,
     n_mc_samples: int = 1000,
@@ -204,7 +205,7 @@ def marginal_log_likelihood(
 @torch.no_grad()
 def normalized_expression(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     *,
     modality: str,
@@ -221,7 +222,7 @@ def normalized_expression(
     ``include_background=False`` keeps only the foreground part of an ``"nbmixture"`` modality.
     """
     module.eval()
-    decoder = module.decoders[modality]
+    decoder = module.decoder(modality)
     out = []
     for batch, posterior in _batches(module, data, index, batch_size, posteriors):
         categorical = batch.categorical
@@ -230,7 +231,7 @@ def normalized_expression(
             categorical = categorical.clone()
             categorical[:, 0] = transform_batch
             batch_index = torch.full_like(batch_index, transform_batch)
-        total = 0.0
+        total = torch.zeros(())
         for _ in range(n_samples):
             z = posterior.mean if n_samples == 1 else posterior.rsample()
             total = total + decoder.proportions(
@@ -246,7 +247,7 @@ def normalized_expression(
 
 @torch.no_grad()
 def library_size(
-    module: VAE, data: CellData, index: np.ndarray, *, modality: str, batch_size: int = 4096
+    module: VAE, data: EncodedCells, index: np.ndarray, *, modality: str, batch_size: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
     """The library-size head's prediction of ``log library`` of ``modality`` from each cell's other
     modalities (see :meth:`VAE.library_latent`): mean and variance, each ``(n_cells,)``."""
@@ -263,7 +264,7 @@ def library_size(
 @torch.no_grad()
 def posterior_predictive(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     *,
     modality: str,

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 from scamort._checks import check_whole_number
-from scamort.data import CellData, Registry, encode_cells
-from scamort.data.backed import BackedCellData
+from scamort.data import Registry, encode_cells
+from scamort.data.backed import EncodedCells
 from scamort.data.sources import is_mudata
 from scamort.errors import InputError
 from scamort.module import VAE
@@ -42,7 +42,7 @@ class SelectedCells:
         Their obs names, ``(n_selected,)``.
     """
 
-    data: CellData
+    data: EncodedCells
     index: np.ndarray
     names: pd.Index
 
@@ -90,7 +90,7 @@ class ModelParts:
     module: VAE
     registry: Registry
     adata: ad.AnnData
-    data: CellData | BackedCellData
+    data: EncodedCells
 
     @property
     def device(self) -> torch.device:

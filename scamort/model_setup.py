@@ -69,14 +69,14 @@ def _private_sizes(value: int | Mapping[str, int], modalities: Mapping[str, Moda
 
 
 def _modalities(
-    data: object, modalities: Mapping[str, Modality] | None, *, layer: str | None, likelihood: str
+    data: Any, modalities: Mapping[str, Modality] | None, *, layer: str | None, likelihood: str
 ) -> dict[str, Modality]:
     """The modality specs: given explicitly, or RNA from ``layer`` for a plain AnnData."""
     if is_mudata(data):
         if modalities is None:
             raise InputError(
                 "For a MuData pass modalities={name: scamort.Modality(...)} naming which of its "
-                f"modalities to model (it has {', '.join(data.mod)})."  # type: ignore[attr-defined]
+                f"modalities to model (it has {', '.join(data.mod)})."
             )
     elif not isinstance(data, ad.AnnData):
         raise InputError(f"Model expects an AnnData or MuData, got {type(data).__name__}.")
@@ -282,9 +282,9 @@ def initialize_from_data(module: VAE, data: CellData | BackedCellData, max_cells
     """Data-driven starting values (overwritten when loading weights): the library-size heads' mean
     and variance, and the background rates of ``"nbmixture"`` decoders (from at most ``max_cells``
     measured cells)."""
-    for name, head in module.library_heads.items():
+    for name in module.library_heads:
         tensors = data.modalities[name]
-        head.initialize(tensors.log_library[tensors.present])
+        module.library_head(name).initialize(tensors.log_library[tensors.present])
     if not isinstance(data, CellData):  # out of core: no data-driven start
         return
     for name, decoder in module.decoders.items():

@@ -10,6 +10,7 @@ with that modality's encoder frozen) and joins their histories. :func:`train`'s 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -82,7 +83,7 @@ def _config(
 def train(
     module: VAE,
     data: CellData | BackedCellData,
-    modality_names: list[str],
+    modality_names: Sequence[str],
     seed: int,
     *,
     max_epochs: int | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -414,6 +415,7 @@ class VAE(nn.Module):
         pattern = presence_pattern(present)
         if bool((pattern == pattern[0]).all()):
             return torch.zeros(mean.shape[1], dtype=mean.dtype, device=mean.device)
+        assert self.pattern_classifier is not None, "mixing_loss needs the pattern classifier"
         joint_mean, _ = self.product(mean, log_variance, present)
         classifier, fool = self.pattern_classifier.losses(joint_mean[:, : self.config.n_shared], pattern)
         return classifier + self.config.mixing_weight * fool
@@ -446,7 +448,8 @@ class VAE(nn.Module):
         (:meth:`library_latent`), the situation in which it is used: a cell lacking m. Cells with m
         and at least one other modality count. The latent is detached, so only the heads learn."""
         total = torch.zeros(mean.shape[1], dtype=mean.dtype, device=mean.device)
-        for name, head in self.library_heads.items():
+        for name in self.library_heads:
+            head = self.library_head(name)
             position = self.modality_names.index(name)
             others = present.clone()
             others[position] = False
@@ -468,6 +471,18 @@ class VAE(nn.Module):
         others = tuple(name for name in self.modality_names if name != modality)
         return self.posterior(batch, others).mean
 
+    def library_head(self, modality: str) -> LibraryHead:
+        """Modality ``modality``'s library-size head (a ``KeyError`` for a modality without one)."""
+        head = self.library_heads[modality]
+        assert isinstance(head, LibraryHead)
+        return head
+
+    def decoder(self, modality: str) -> CountDecoder | NegativeBinomialMixtureDecoder | DepthBernoulliDecoder:
+        """Modality ``modality``'s decoder."""
+        decoder = self.decoders[modality]
+        assert isinstance(decoder, CountDecoder | NegativeBinomialMixtureDecoder | DepthBernoulliDecoder)
+        return decoder
+
     def library(self, batch: Minibatch, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted mean and log-variance of ``modality``'s log library for each cell of ``batch``
         (from :meth:`library_latent`), each ``(batch,)``."""
@@ -482,7 +497,7 @@ class VAE(nn.Module):
 def _decoder(config: ModuleConfig, n_input: int, n_features: int, likelihood: str) -> nn.Module:
     """The decoder class of ``likelihood`` reading ``n_input`` latent dimensions, built with the
     config's shape and covariates."""
-    options = {
+    options: dict[str, Any] = {
         "dispersion": config.dispersion,
         "n_batch": config.n_batch,
         "n_hidden": config.n_hidden,

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from scamort._figures import figure_of
 from scamort.amortization_gap import plot_amortization_gap as amortization_gap
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def history(model_or_history: Any, ax: Axes | None = None) -> Figure:
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
     else:
-        fig = ax.figure
+        fig = figure_of(ax)
     epochs = frame["epoch"].to_numpy()
     ax.plot(epochs, frame["train_elbo"].to_numpy(), color="C0", label="train ELBO")
     if _has_values(frame, "validation_elbo"):
@@ -165,7 +166,7 @@ def embedding(
             raise TypeError(msg)
     if ax is not None:
         sc.pl.embedding(adata, basis, color=color, ax=ax, show=False, **kwargs)
-        return ax.figure
+        return figure_of(ax)
     return sc.pl.embedding(adata, basis, color=color, show=False, return_fig=True, **kwargs)
 
 

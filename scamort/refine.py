@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from scamort._checks import is_real_number, is_whole_number
-from scamort.data.cell_data import CellData, Minibatch
+from scamort.data.backed import EncodedCells
+from scamort.data.cell_data import Minibatch
 from scamort.fixed_noise import (
     EVALUATION_STREAM,
     TRAINING_STREAM,
@@ -243,9 +244,11 @@ def _refine_batch(
         iterate.keep(objective, best_only=fixed)
         if step in record:
             with torch.no_grad():
+                assert eval_noise is not None  # drawn whenever a step is recorded
                 recorded.append(noise_elbo(module, repeats, iterate.kept(), eval_noise))
         if last:
             break
+        assert objective is not None  # evaluated at every step but a "per_step" run's last
         optimizer.zero_grad(set_to_none=True)
         (-objective.sum()).backward()
         optimizer.step()
@@ -255,7 +258,7 @@ def _refine_batch(
 
 def refine_posteriors(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     *,
     n_steps: int = 20,
@@ -308,7 +311,7 @@ def refine_posteriors(
 
 
 def refine_with_options(
-    module: VAE, data: CellData, index: np.ndarray, options: RefineOptions
+    module: VAE, data: EncodedCells, index: np.ndarray, options: RefineOptions
 ) -> RefinementResult:
     """:func:`refine_posteriors` with its options as one :class:`RefineOptions`."""
     started = time.perf_counter()
@@ -336,7 +339,7 @@ def refine_with_options(
 
 def maybe_refine(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     index: np.ndarray,
     refine_steps: int,
     options: RefineOptions | None = None,

@@ -21,7 +21,7 @@ from scamort.data.registry import Registry
 from scamort.data.validation import check_counts
 from scamort.errors import InputError
 
-__all__ = ["BackedCellData", "check_backed_counts", "is_backed"]
+__all__ = ["BackedCellData", "EncodedCells", "check_backed_counts", "is_backed"]
 
 CPU = torch.device("cpu")
 
@@ -191,3 +191,9 @@ class BackedCellData:
             yield from self._read(chunk.cpu().numpy()).iterate(
                 torch.arange(chunk.shape[0], device=self.device), batch_size
             )
+
+
+#: Encoded cells as the model, training and inference read them: in memory or out of core (both give
+#: ``n_cells``, ``device``, ``modalities``, ``cell_keys``, ``to``, ``epoch_order``, ``minibatch`` and
+#: ``iterate``).
+EncodedCells = CellData | BackedCellData

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -29,7 +30,7 @@ def _describe(modality: Modality, container: str = "adata") -> str:
     return f"{container}.X" if modality.layer is None else f"{container}.layers[{modality.layer!r}]"
 
 
-def _as_csr(matrix: object) -> sp.csr_matrix:
+def _as_csr(matrix: Any) -> sp.csr_matrix:
     """A private, canonical CSR copy in the user's dtype (never shares memory with the user's object)."""
     if isinstance(matrix, pd.DataFrame):
         matrix = matrix.to_numpy()
@@ -120,7 +121,7 @@ def align_features(
             "unique first (e.g. adata.var_names_make_unique())."
         )
     positions = pd.Index(names).get_indexer(pd.Index(expected))
-    missing = [expected[i] for i in np.flatnonzero(positions < 0)]
+    missing = [expected[int(i)] for i in np.flatnonzero(positions < 0)]
     if missing:
         raise InputError(
             f"{where} lacks {len(missing)} of the model's {len(expected)} features "

@@ -104,15 +104,26 @@ class CountDecoder(nn.Module):
         log_mu = F.log_softmax(logits, dim=-1) + log_library.unsqueeze(-1)
         if self.likelihood == "poisson":
             return Poisson(log_mu)
+        assert self.zero_inflation_head is not None, "a zinb decoder has a zero-inflation head"
         return ZeroInflatedNegativeBinomial(log_mu, self._log_theta(batch_index), self.zero_inflation_head(h))
 
     def _log_theta(self, batch_index: torch.Tensor) -> torch.Tensor:
         """Log inverse dispersion, ``(n_output,)`` or per cell ``(batch, n_output)`` for gene-batch."""
+        assert self.log_theta is not None, "only nb and zinb decoders have a dispersion"
         return _select_log_theta(self.log_theta, self.dispersion, batch_index)
 
-    def proportions(self, z: torch.Tensor, **covariates: torch.Tensor) -> torch.Tensor:
-        """Expected proportions (rows sum to 1; probabilities for Bernoulli), ``(batch, n_output)``."""
-        h = self.body(z, covariates["categorical"], covariates["continuous"])
+    def proportions(
+        self,
+        z: torch.Tensor,
+        *,
+        categorical: torch.Tensor,
+        continuous: torch.Tensor,
+        include_background: bool = True,
+        **_: torch.Tensor,
+    ) -> torch.Tensor:
+        """Expected proportions (rows sum to 1; probabilities for Bernoulli), ``(batch, n_output)``;
+        ``include_background`` is for mixture decoders (these have no background)."""
+        h = self.body(z, categorical, continuous)
         logits = self.head(h)
         if self.likelihood == "bernoulli":
             return torch.sigmoid(logits)
@@ -263,7 +274,14 @@ class DepthBernoulliDecoder(nn.Module):
         return Bernoulli(binarised_poisson_logits(log_rate))
 
     def proportions(
-        self, z: torch.Tensor, *, categorical: torch.Tensor, continuous: torch.Tensor, **_: torch.Tensor
+        self,
+        z: torch.Tensor,
+        *,
+        categorical: torch.Tensor,
+        continuous: torch.Tensor,
+        include_background: bool = True,
+        **_: torch.Tensor,
     ) -> torch.Tensor:
-        """Poisson rates per unit depth, ``(batch, n_output)``: ``P(x = 1) = 1 - exp(-depth × rate)``."""
+        """Poisson rates per unit depth, ``(batch, n_output)``: ``P(x = 1) = 1 - exp(-depth × rate)``
+        (``include_background`` is for mixture decoders)."""
         return self._log_rate(z, categorical, continuous).exp()

@@ -32,9 +32,10 @@ class _Layer(nn.Module):
         super().__init__()
         self.linear = nn.Linear(n_in + n_continuous, n_out)
         # An embedding per categorical covariate is a one-hot linear map without the one-hot matrix.
-        self.embeddings = nn.ModuleList(nn.Embedding(size, n_out) for size in categorical_sizes)
-        for embedding in self.embeddings:
+        embeddings = [nn.Embedding(size, n_out) for size in categorical_sizes]
+        for embedding in embeddings:
             nn.init.uniform_(embedding.weight, -(n_in**-0.5), n_in**-0.5)
+        self.embeddings = nn.ModuleList(embeddings)
         self.activation = activation(n_out, dropout_rate)
 
     def forward(self, x: torch.Tensor, categorical: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:

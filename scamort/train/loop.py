@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from scamort.data.backed import EncodedCells
 from scamort.data.cell_data import CellData
 from scamort.errors import InputError
 from scamort.module import VAE
@@ -107,7 +108,7 @@ class _Totals:
 
 
 @torch.no_grad()
-def _evaluate(module: VAE, data: CellData, index: torch.Tensor, batch_size: int) -> list[float]:
+def _evaluate(module: VAE, data: EncodedCells, index: torch.Tensor, batch_size: int) -> list[float]:
     module.eval()
     totals = _Totals(data.device)
     for batch in data.iterate(index, batch_size):
@@ -135,7 +136,7 @@ def _history_row(epoch: int, kl_weight: float, train: list[float], validation: l
 
 def fit(
     module: VAE,
-    data: CellData,
+    data: EncodedCells,
     config: TrainConfig,
     *,
     device: torch.device,
@@ -181,6 +182,10 @@ def fit(
     """
     train_np, validation_np = split_cells(data.n_cells, config.train_size, config.seed)
     if modalities is not None:
+        if not isinstance(data, CellData):  # out-of-core data has one modality, so no subset to train on
+            raise InputError(
+                "Training on a subset of the modalities needs in-memory data (adata.to_memory())."
+            )
         data = data.restricted_to(modalities)
         measured = np.logical_or.reduce([data.modalities[name].present.cpu().numpy() for name in modalities])
         train_np, validation_np = train_np[measured[train_np]], validation_np[measured[validation_np]]
@@ -207,7 +212,9 @@ def fit(
     )
     progress = _Progress()
     fingerprint = run_fingerprint(module, data) if checkpoint_dir is not None else None
-    saved = load_checkpoint(checkpoint_dir, config, fingerprint) if checkpoint_dir is not None else None
+    saved = None
+    if checkpoint_dir is not None and fingerprint is not None:
+        saved = load_checkpoint(checkpoint_dir, config, fingerprint)
     if saved is not None:
         module.load_state_dict(saved["module"])
         optimizer.load_state_dict(saved["optimizer"])
