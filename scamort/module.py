@@ -1,4 +1,7 @@
-"""The VAE: per-modality encoders -> product of experts -> z -> per-modality decoders -> ELBO terms."""
+"""The VAE: per-modality encoders -> product of experts -> z -> per-modality decoders -> ELBO terms.
+
+The posterior type and its divergences live in :mod:`scamort.posterior` (re-exported here).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,13 @@ from scamort.nn import CountDecoder, GaussianEncoder, product_of_experts
 from scamort.nn.classifier import PatternClassifier, presence_pattern
 from scamort.nn.decoder import DepthBernoulliDecoder, NegativeBinomialMixtureDecoder
 from scamort.nn.library import LibraryHead
-from scamort.nn.product_of_experts import MIN_LOG_VARIANCE
+from scamort.posterior import (
+    Posterior,
+    gaussian_kl,
+    jeffreys_divergence,
+    single_expert_posteriors,
+    standard_normal_log_prob,
+)
 
 __all__ = [
     "LIBRARY_LIKELIHOODS",
@@ -25,6 +34,8 @@ __all__ = [
     "VAE",
     "gaussian_kl",
     "jeffreys_divergence",
+    "single_expert_posteriors",
+    "standard_normal_log_prob",
 ]
 
 #: Likelihoods whose decoders scale by the cell's library size (and so get a library-size head).
@@ -102,67 +113,6 @@ class ModuleConfig:
     def n_shared(self) -> int:
         """Number of latent dimensions shared by all modalities (the embedding)."""
         return self.n_latent - sum(self.private_dims)
-
-
-@dataclass(frozen=True)
-class Posterior:
-    """A diagonal Gaussian q(z | x): ``mean`` and ``log_variance`` of shape ``(batch, n_latent)``."""
-
-    mean: torch.Tensor
-    log_variance: torch.Tensor
-
-    @property
-    def std(self) -> torch.Tensor:
-        """Standard deviation, shape ``(batch, n_latent)``."""
-        return torch.exp(0.5 * self.log_variance)
-
-    def rsample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A reparameterised sample, shape ``(batch, n_latent)``."""
-        noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * noise
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log q(z)`` summed over latent dimensions; ``z`` is ``(..., batch, n_latent)``."""
-        return _normal_log_prob(z, self.mean, self.log_variance)
-
-
-def _normal_log_prob(z: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
-    log_two_pi = 1.8378770664093453
-    return -0.5 * ((z - mean).square() * torch.exp(-log_variance) + log_variance + log_two_pi).sum(-1)
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """``log N(z; 0, I)`` summed over the last dimension."""
-    return _normal_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
-
-
-def gaussian_kl(posterior: Posterior) -> torch.Tensor:
-    """KL(q || N(0, I)) per cell, shape ``(batch,)``."""
-    return 0.5 * (posterior.mean.square() + posterior.log_variance.exp() - 1 - posterior.log_variance).sum(-1)
-
-
-def jeffreys_divergence(first: Posterior, second: Posterior) -> torch.Tensor:
-    """Symmetric KL, ``KL(first || second) + KL(second || first)``, per cell, shape ``(batch,)``.
-
-    For diagonal Gaussians: ``1/2 sum_d [(v1 + (m1 - m2)^2) / v2 + (v2 + (m1 - m2)^2) / v1 - 2]``.
-    """
-    squared = (first.mean - second.mean).square()
-    difference = first.log_variance - second.log_variance
-    return 0.5 * (
-        (difference.exp() + squared * torch.exp(-second.log_variance))
-        + ((-difference).exp() + squared * torch.exp(-first.log_variance))
-        - 2
-    ).sum(-1)
-
-
-def single_expert_posteriors(mean: torch.Tensor, log_variance: torch.Tensor) -> Posterior:
-    """Each expert multiplied by the prior alone: ``(n_experts, batch, n_latent)`` means and
-    log-variances of ``N(mu_m, var_m) × N(0, I)`` (normalised), as :func:`product_of_experts` would give
-    for a cell with that one modality."""
-    precision = torch.exp(-log_variance.clamp(min=MIN_LOG_VARIANCE))
-    return Posterior(precision * mean / (1 + precision), -torch.log1p(precision))
 
 
 @dataclass(frozen=True)
