@@ -11,8 +11,6 @@ median.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -20,7 +18,7 @@ import pandas as pd
 from scamort import inference
 from scamort._checks import check_whole_number, is_real_number
 from scamort.errors import InputError
-from scamort.model_parts import ModelParts, SelectedCells
+from scamort.model_parts import Indices, ModelParts, SelectedCells
 
 __all__ = [
     "impute",
@@ -29,8 +27,6 @@ __all__ = [
     "posterior_predictive_sample",
     "predict_library_size",
 ]
-
-Indices = Sequence[int] | np.ndarray | None
 
 
 def normalized_expression(

@@ -28,8 +28,8 @@ import torch
 from scamort import differential, expression_queries, model_persistence, model_training, posterior_queries
 from scamort._docstrings import docstring_from
 from scamort.amortization_gap import AmortizationGap
-from scamort.data import CellData, Modality, Registry
-from scamort.data.backed import BackedCellData
+from scamort.data import Modality, Registry
+from scamort.data.backed import EncodedCells
 from scamort.data.sources import ModalityCounts
 from scamort.errors import InputError
 from scamort.model_parts import ModelParts
@@ -180,7 +180,7 @@ class Model:
         self.adata = adata
         self.registry = registry
         self.init_params = init_params
-        self._data: CellData | BackedCellData
+        self._data: EncodedCells
         self.module: VAE
         self._data, self.module = build_module(adata, registry, init_params, read)
         self.history: pd.DataFrame | None = None

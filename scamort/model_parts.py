@@ -25,7 +25,10 @@ from scamort.errors import InputError
 from scamort.module import VAE
 from scamort.refine import maybe_refine
 
-__all__ = ["ModelParts", "SelectedCells", "cell_positions"]
+__all__ = ["Indices", "ModelParts", "SelectedCells", "cell_positions"]
+
+#: A query's ``indices``: integer positions or a boolean mask of cells, or ``None`` for every cell.
+Indices = Sequence[int] | np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class ModelParts:
         """The shared latent dimensions (the embedding's)."""
         return self.module.config.n_shared
 
-    def select(self, adata: ad.AnnData | None, indices: Sequence[int] | np.ndarray | None) -> SelectedCells:
+    def select(self, adata: ad.AnnData | None, indices: Indices) -> SelectedCells:
         """The cells of ``adata`` (default the model's own, already encoded) at ``indices`` (default all).
 
         Parameters

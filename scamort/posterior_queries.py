@@ -17,7 +17,7 @@ from scamort import inference
 from scamort._checks import check_whole_number
 from scamort.amortization_gap import AmortizationGap, GapOptions, measure_amortization_gap
 from scamort.errors import InputError
-from scamort.model_parts import ModelParts
+from scamort.model_parts import Indices, ModelParts
 from scamort.refine import RefinementResult, refine_posteriors
 
 __all__ = [
@@ -28,8 +28,6 @@ __all__ = [
     "reconstruction_error",
     "refine",
 ]
-
-Indices = Sequence[int] | np.ndarray | None
 
 
 def latent_representation(
