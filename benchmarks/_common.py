@@ -173,6 +173,17 @@ def warm_up_torch() -> float:
     return time.perf_counter() - start
 
 
+def neighbour_graph(latent: np.ndarray, seed: int, n_neighbors: int = 15) -> ad.AnnData:
+    """A cell-only AnnData holding scanpy's kNN graph of ``latent`` ``(n_cells, n_latent)`` (in
+    ``.obsm["X_latent"]``, ``.obsp``), ready for ``sc.tl.leiden``."""
+    import scanpy as sc
+
+    graph = ad.AnnData(np.zeros((latent.shape[0], 1), dtype=np.float32))
+    graph.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
+    sc.pp.neighbors(graph, n_neighbors=n_neighbors, use_rep="X_latent", random_state=seed)
+    return graph
+
+
 def leiden_scores(
     latent: np.ndarray, labels: Sequence[Any], resolution: float = 1.0, seed: int = 0
 ) -> dict[str, float]:
@@ -201,9 +212,7 @@ def leiden_scores(
     import scanpy as sc
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    tmp = ad.AnnData(np.zeros((latent.shape[0], 1), dtype=np.float32))
-    tmp.obsm["X_latent"] = np.asarray(latent, dtype=np.float32)
-    sc.pp.neighbors(tmp, use_rep="X_latent", random_state=seed)
+    tmp = neighbour_graph(latent, seed)
     sc.tl.leiden(
         tmp,
         resolution=resolution,

@@ -93,6 +93,18 @@ def case_scamort(
     }
 
 
+def _throughput(model: Any, history: Any) -> dict[str, Any]:
+    """Epochs, median seconds per epoch, training cells per second, the validation ELBO per epoch and
+    the peak host memory of one run."""
+    return {
+        "epochs_run": len(history),
+        "seconds_per_epoch": float(np.median(history["seconds"])),
+        "cells_per_second": len(model.train_indices) / float(np.median(history["seconds"])),
+        "validation_elbo_per_epoch": history["validation_elbo"].tolist(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 def case_scvi(n_cells: int, batch_size: int, epochs: int, max_seconds: float | None) -> dict[str, Any]:
     """Train scvi-tools' SCVI (defaults, same architecture) on the same grown data."""
     import scvi
@@ -137,11 +149,7 @@ def case_million(n_cells: int, batch_size: int, epochs: int) -> dict[str, Any]:
         "n_cells": n_cells,
         "nnz": nnz,
         "batch_size": batch_size,
-        "epochs_run": len(history),
-        "seconds_per_epoch": float(np.median(history["seconds"])),
-        "cells_per_second": len(model.train_indices) / float(np.median(history["seconds"])),
-        "validation_elbo_per_epoch": history["validation_elbo"].tolist(),
-        "peak_rss_mb": peak_rss_mb(),
+        **_throughput(model, history),
         "dense_matrix_would_be_mb": n_cells * adata.n_vars * 4 / 2**20,
     }
 
@@ -162,11 +170,7 @@ def case_backed(path: str, batch_size: int, epochs: int) -> dict[str, Any]:
         "n_cells": adata.n_obs,
         "file_mb": Path(path).stat().st_size / 2**20,
         "batch_size": batch_size,
-        "epochs_run": len(history),
-        "seconds_per_epoch": float(np.median(history["seconds"])),
-        "cells_per_second": len(model.train_indices) / float(np.median(history["seconds"])),
-        "validation_elbo_per_epoch": history["validation_elbo"].tolist(),
-        "peak_rss_mb": peak_rss_mb(),
+        **_throughput(model, history),
     }
 
 
