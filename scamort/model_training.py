@@ -38,45 +38,16 @@ LR_SCALING_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
 PRETRAIN_FOLDER = "pretrain"
 
 
-def _config(
-    n_cells: int,
-    seed: int,
-    *,
-    max_epochs: int | None,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    train_size: float,
-    early_stopping: bool,
-    early_stopping_patience: int,
-    kl_warmup_epochs: int | None,
-    checkpoint_every: int,
-    lr_scaling: str,
-    max_seconds: float | None,
-) -> TrainConfig:
-    """The loop's configuration: the options checked as given, then the learning rate scaled by the
-    global batch and the KL warm-up defaulted."""
-    max_epochs = default_max_epochs(n_cells) if max_epochs is None else max_epochs
-    check_choice(lr_scaling, tuple(LR_SCALING_EXPONENTS), "lr_scaling")
-    check_whole_number(checkpoint_every, "checkpoint_every")
-    as_given = TrainConfig(  # checks the options as the user gave them, before any is derived
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        max_seconds=max_seconds,
-        weight_decay=weight_decay,
-        train_size=train_size,
-        early_stopping=early_stopping,
-        early_stopping_patience=early_stopping_patience,
-        kl_warmup_epochs=0 if kl_warmup_epochs is None else kl_warmup_epochs,
-        seed=seed,
-    )
-    # by the global batch: under torchrun each process takes batch_size
-    global_batch = batch_size * int(os.environ.get("WORLD_SIZE", "1"))
+def _derived(as_given: TrainConfig, lr_scaling: str, kl_warmup_epochs: int | None) -> TrainConfig:
+    """The loop's configuration from the options as given: the learning rate scaled by the global batch
+    (under torchrun each process takes ``batch_size``) and the KL warm-up defaulted to a quarter of the
+    epochs."""
+    global_batch = as_given.batch_size * int(os.environ.get("WORLD_SIZE", "1"))
+    warmup = max(1, as_given.max_epochs // 4) if kl_warmup_epochs is None else kl_warmup_epochs
     return replace(
         as_given,
-        lr=lr * (global_batch / 128) ** LR_SCALING_EXPONENTS[lr_scaling],
-        kl_warmup_epochs=max(1, max_epochs // 4) if kl_warmup_epochs is None else kl_warmup_epochs,
+        lr=as_given.lr * (global_batch / 128) ** LR_SCALING_EXPONENTS[lr_scaling],
+        kl_warmup_epochs=warmup,
     )
 
 
@@ -166,21 +137,22 @@ def train(
     ``train_size == 1``) and ``seconds``. With ``pretrain_modality`` both stages, one after the
     other (``epoch`` counting on), and a ``stage`` column: ``"pretrain"`` or ``"all"``.
     """
-    config = _config(
-        data.n_cells,
-        seed,
+    max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else max_epochs
+    check_choice(lr_scaling, tuple(LR_SCALING_EXPONENTS), "lr_scaling")
+    check_whole_number(checkpoint_every, "checkpoint_every")
+    as_given = TrainConfig(  # checks the options as the user gave them, before any is derived
         max_epochs=max_epochs,
         batch_size=batch_size,
         lr=lr,
+        max_seconds=max_seconds,
         weight_decay=weight_decay,
         train_size=train_size,
         early_stopping=early_stopping,
         early_stopping_patience=early_stopping_patience,
-        kl_warmup_epochs=kl_warmup_epochs,
-        checkpoint_every=checkpoint_every,
-        lr_scaling=lr_scaling,
-        max_seconds=max_seconds,
+        kl_warmup_epochs=0 if kl_warmup_epochs is None else kl_warmup_epochs,
+        seed=seed,
     )
+    config = _derived(as_given, lr_scaling, kl_warmup_epochs)
     pretrain = pretrain_modality
     if pretrain is not None:
         if len(modality_names) < 2:
