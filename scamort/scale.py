@@ -117,10 +117,7 @@ def grow(
     for source, block in _grown_chunks(counts, n_cells, thinning, seed, chunk_size):
         sources.append(source)
         blocks.append(block)
-    source = np.concatenate(sources)
-    obs = adata.obs.iloc[source].reset_index(drop=True)
-    obs.index = [f"cell{i}" for i in range(n_cells)]
-    obs["source_cell"] = np.asarray(adata.obs_names)[source]
+    obs = _grown_obs(adata, np.concatenate(sources))
     return ad.AnnData(X=sp.vstack(blocks).tocsr(), obs=obs, var=pd.DataFrame(index=adata.var_names))
 
 
@@ -151,10 +148,15 @@ def grow_to_h5ad(
         for source, block in chunks:
             matrix.append(block)
             sources.append(source)
-        source = np.concatenate(sources)
-        obs = adata.obs.iloc[source].reset_index(drop=True)
-        obs.index = [f"cell{i}" for i in range(n_cells)]
-        obs["source_cell"] = np.asarray(adata.obs_names)[source]
         del handle["obs"]
-        ad.io.write_elem(handle, "obs", obs)
+        ad.io.write_elem(handle, "obs", _grown_obs(adata, np.concatenate(sources)))
     return path
+
+
+def _grown_obs(adata: ad.AnnData, source: np.ndarray) -> pd.DataFrame:
+    """``.obs`` of the grown cells: each copy's source row of ``adata.obs``, named ``cell0``, ``cell1``,
+    ..., with the source cell's name in ``source_cell``."""
+    obs = adata.obs.iloc[source].reset_index(drop=True)
+    obs.index = [f"cell{i}" for i in range(len(source))]
+    obs["source_cell"] = np.asarray(adata.obs_names)[source]
+    return obs
