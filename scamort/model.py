@@ -33,7 +33,7 @@ from scamort.refine import (
     refine_posteriors,
 )
 from scamort.train import TrainConfig, default_max_epochs, fit, resolve_device
-from scamort.train.checkpoint import load_checkpoint, run_fingerprint
+from scamort.train.checkpoint import load_checkpoint, run_fingerprint, state_dict_problem
 from scamort.train.freeze import frozen
 
 __all__ = ["Model"]
@@ -1129,6 +1129,12 @@ class Model:
         saved = io.load(dir_path)
         model = cls.__new__(cls)
         model._setup(adata, Registry.from_dict(saved.registry), saved.init_params)
+        problem = state_dict_problem(saved.state_dict, model.module.state_dict())
+        if problem is not None:
+            raise InputError(
+                f"The weights in {dir_path} do not fit the model its model.json describes ({problem}); "
+                "the file is damaged or the folder mixes files of different models: save the model again."
+            )
         try:
             model.module.load_state_dict(saved.state_dict)
         except RuntimeError as exc:

@@ -207,7 +207,7 @@ def fit(
     )
     progress = _Progress()
     fingerprint = run_fingerprint(module, data) if checkpoint_dir is not None else None
-    saved = load_checkpoint(checkpoint_dir, config, fingerprint) if checkpoint_dir is not None else None
+    saved = None if checkpoint_dir is None else load_checkpoint(checkpoint_dir, config, fingerprint, module)
     if saved is not None:
         module.load_state_dict(saved["module"])
         optimizer.load_state_dict(saved["optimizer"])
