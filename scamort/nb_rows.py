@@ -39,12 +39,9 @@ def negative_binomial_nonzero_log_prob(
     log_mu = log_mu.double()
     log_theta = log_theta.double()
     theta = log_theta.exp()
-    return (
-        torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - theta * F.softplus(log_mu - log_theta)
-        - x * F.softplus(log_theta - log_mu)
-    )
+    log_ratio = log_mu - log_theta
+    log1p_ratio = F.softplus(log_ratio)  # log1p(mu / theta); log1p(theta / mu) = that - log(mu / theta)
+    return torch.lgamma(x + theta) - torch.lgamma(theta) - (theta + x) * log1p_ratio + x * log_ratio
 
 
 class _NegativeBinomialRows(torch.autograd.Function):
@@ -60,7 +57,7 @@ class _NegativeBinomialRows(torch.autograd.Function):
         per_feature = log_theta.dim() == 1
         flat = row * n_features + col
         log1p_nz = log1p_ratio.reshape(-1)[flat]
-        log1p_ratio.view(-1)[flat] = 0.0  # the dense float32 sum holds only the zero counts
+        log1p_ratio.view(-1).index_fill_(0, flat, 0.0)  # the dense float32 sum: only zero counts
         at_zero = -(log1p_ratio @ theta) if per_feature else -(theta * log1p_ratio).sum(-1)
         log_theta_nz = log_theta[col] if per_feature else log_theta.reshape(-1)[flat]
         nonzero = negative_binomial_nonzero_log_prob(values, log_mu.reshape(-1)[flat], log_theta_nz)
@@ -149,17 +146,18 @@ class _SoftmaxNegativeBinomialRows(torch.autograd.Function):
         per_feature = log_theta.dim() == 1
         row_max = logits.amax(1, keepdim=True)
         mu = torch.exp2((logits - row_max).mul_(LOG2_E))  # exp(logits - max)
-        row_sum = mu.sum(1, dtype=torch.float64)
-        mu.mul_((log_library - row_sum.log().to(mu.dtype)).exp().unsqueeze(1))  # library × softmax(logits)
+        row_sum = mu.sum(1)
+        mu.mul_((log_library - row_sum.log()).exp().unsqueeze(1))  # library × softmax(logits)
         theta = log_theta.exp()
         log1p_ratio = torch.log1p(mu * torch.exp(-log_theta))  # log((theta + mu) / theta)
         flat = row * n_features + col
         log1p_nz = log1p_ratio.reshape(-1)[flat]
-        log1p_ratio.view(-1)[flat] = 0.0  # the dense float32 sum holds only the zero counts
+        log1p_ratio.view(-1).index_fill_(0, flat, 0.0)  # the dense float32 sum: only zero counts
         at_zero = -(log1p_ratio @ theta) if per_feature else -(log1p_ratio * theta).sum(-1)
         log_theta_nz = log_theta[col] if per_feature else log_theta.reshape(-1)[flat]
-        # log-softmax offset, float64: times a count in the millions, float32 rounding would show
-        log_norm = row_max.squeeze(1).double() + row_sum.log() - log_library.double()
+        # log-softmax offset in float64 (of the float32 sum, so that the dense and nonzero terms see
+        # the same means): times a count in the millions, float32 rounding of it would show
+        log_norm = row_max.squeeze(1).double() + row_sum.double().log() - log_library.double()
         log_mu_nz = logits.reshape(-1)[flat].double() - log_norm[row]
         nonzero = negative_binomial_nonzero_log_prob(values, log_mu_nz, log_theta_nz)
         ctx.save_for_backward(log_theta, theta, mu, log1p_ratio, log1p_nz, log_library, row, col, values)
