@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 CHILD = """
 import sys, time, json
 sys.path.insert(0, sys.argv[1])
@@ -73,6 +75,8 @@ def main() -> None:
             "before_cells_per_s": before,
             "after_cells_per_s": after,
             "ratio_after_over_before_of_means": sum(after) / sum(before),
+            "paired_ratios": [a / b for a, b in zip(after, before, strict=True)],
+            "median_paired_ratio": float(np.median([a / b for a, b in zip(after, before, strict=True)])),
         }
     result = {
         "data": f"worm neurons {adata.n_obs} cells x {adata.n_vars} HVGs",

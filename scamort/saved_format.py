@@ -112,7 +112,7 @@ def _check_registry(registry: dict) -> str | None:
         try:
             Modality(**spec)
         except (TypeError, ValueError) as exc:
-            return f"registry modality {entry['name']!r} is invalid ({' '.join(str(exc).split())})"
+            return f"registry modality {entry['name']!r} is invalid: {' '.join(str(exc).split()).rstrip('.')}"
     for key in ("batch_categories", "label_categories", "continuous_covariate_keys"):
         if not _all_strings(registry[key]):
             return f"registry {key!r} is not a list of strings"

@@ -566,6 +566,7 @@ def _deny_writing(monkeypatch, folder: Path) -> None:
         "--modality twice",
         "--out in a read-only folder",
         "--model-dir in a read-only folder",
+        "--out under /proc",
     ],
 )
 def test_cli_refuses_before_training(case, tmp_path, capsys, monkeypatch) -> None:
@@ -594,6 +595,11 @@ def test_cli_refuses_before_training(case, tmp_path, capsys, monkeypatch) -> Non
         locked.mkdir()
         _deny_writing(monkeypatch, locked)
         argv[3], pattern = str(locked / "result.h5ad"), r"locked/result\.h5ad cannot be written: its folder"
+    elif case == "--out under /proc":  # not writable even for root: the check is tried for real
+        if not Path("/proc/self").is_dir():
+            pytest.skip("needs /proc")
+        argv[3] = "/proc/result.h5ad"
+        pattern = r"/proc/result\.h5ad cannot be written: its folder /proc is not"
     else:
         locked = tmp_path / "locked"
         locked.mkdir()

@@ -320,7 +320,7 @@ DAMAGED_MODELS = {
         r"split 'train_indices' is not a list of cell positions",
     ),
     "history ragged": (
-        _edit_spec(lambda s: s["history"].__setitem__("epoch", [1])),
+        _edit_spec(lambda s: s["history"].__setitem__("epoch", [])),
         r"'history' is not a table of equal-length columns",
     ),
     "weights cut short": (_cut_weights, r"weights\.pt cannot be read \(\d+ bytes: cut short"),
