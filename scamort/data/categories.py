@@ -48,6 +48,8 @@ def _kind(value: object) -> str:
         return "bool"
     if _is_number(value):
         return "number"
+    if isinstance(value, str):  # numpy's str_ too
+        return "str"
     return type(value).__name__
 
 
