@@ -12,26 +12,18 @@ import scipy.sparse as sp
 import scamort
 from scamort import InputError
 from tests.conftest import make_counts
+from tests.snapshot import assert_unchanged as assert_deeply_unchanged
+from tests.snapshot import take
 
 
-def snapshot(adata: ad.AnnData) -> ad.AnnData:
-    """A deep copy to compare against after scamort has seen ``adata``."""
-    return adata.copy()
+def snapshot(adata: ad.AnnData) -> dict:
+    """Everything users keep in ``adata``, to compare after scamort has seen it (tests/snapshot.py)."""
+    return take(adata)
 
 
-def assert_unchanged(adata: ad.AnnData, before: ad.AnnData) -> None:
-    """Everything users keep in an AnnData is exactly as it was."""
-    for left, right in (
-        (adata.X, before.X),
-        *((adata.layers[k], before.layers[k]) for k in before.layers),
-    ):
-        left = left.toarray() if sp.issparse(left) else np.asarray(left)
-        right = right.toarray() if sp.issparse(right) else np.asarray(right)
-        np.testing.assert_array_equal(left, right)
-    assert list(adata.layers) == list(before.layers)
-    assert adata.obs.equals(before.obs) and adata.var.equals(before.var)
-    assert list(adata.obsm) == list(before.obsm) and list(adata.uns) == list(before.uns)
-    assert list(adata.obs_names) == list(before.obs_names)
+def assert_unchanged(adata: ad.AnnData, before: dict) -> None:
+    """Everything users keep in an AnnData is exactly as it was (deeply: tests/snapshot.py)."""
+    assert_deeply_unchanged(adata, before)
 
 
 def _with_value(adata: ad.AnnData, value: float, where=(3, 2)) -> ad.AnnData:
