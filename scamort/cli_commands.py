@@ -49,10 +49,12 @@ def demo_command(args: argparse.Namespace) -> None:
 def fit_command(args: argparse.Namespace) -> None:
     """``scamort fit``."""
     import scamort
+    from scamort.cli_checks import check_unique_modalities
     from scamort.export import check_key_added, embed
     from scamort.io import check_save_target
 
     _check_single_modality_options(args)
+    check_unique_modalities(args.modality)
     check_key_added(args.key_added)
     _check_output(args.out, overwrite=args.overwrite)
     if args.model_dir is not None:
@@ -102,18 +104,17 @@ def _read_h5ad(path: Path) -> AnnData:
     """Read an .h5ad (or .h5mu) file, with a clear error when it is missing."""
     import anndata
 
-    if not path.is_file():
-        raise FileNotFoundError(f"Input file {path} does not exist.")
-    if path.suffix.lower() not in INPUT_SUFFIXES:
-        raise ValueError(f"Input file {path} is not an .h5ad or .h5mu file.")
+    from scamort.cli_checks import check_input_file, read_input
+
+    check_input_file(path, INPUT_SUFFIXES)
     if path.suffix.lower() == ".h5mu":
         import mudata
 
         # The command line owns its process: adopt mudata's coming default (no pulling of modality
         # columns into .obs on update) instead of printing its FutureWarning on every read and write.
         mudata.set_options(pull_on_update=False)
-        return mudata.read_h5mu(path)
-    adata = anndata.read_h5ad(path)
+        return read_input(path, mudata.read_h5mu)
+    adata = read_input(path, anndata.read_h5ad)
     logger.info("Read %s: %d cells x %d genes.", path, adata.n_obs, adata.n_vars)
     return adata
 
@@ -136,8 +137,9 @@ def _check_output(path: Path, *, overwrite: bool) -> None:
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         allowed = ", ".join(OUTPUT_SUFFIXES)
         raise ValueError(f"Output file {path} must end in one of {allowed}.")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"The folder of the output file {path} does not exist.")
+    from scamort.cli_checks import check_output_folder
+
+    check_output_folder(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"Output file {path} exists; pass --overwrite to replace it.")
 

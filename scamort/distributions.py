@@ -5,6 +5,12 @@ oracles in the tests) and a fast ``log_prob_rows`` that returns the per-cell sum
 evaluating the count-dependent terms only on the nonzero entries. That is exact: for the Poisson family
 every term that involves the count ``x`` vanishes at ``x = 0``, so only the ``x = 0`` log-probability is
 needed densely. On sparse single-cell data this halves the cost of a training step.
+
+Large counts: the count-dependent terms (``lgamma(x + theta)``, ``lgamma(x + 1)``, ``x log(...)``) are of
+order ``x log x`` and cancel to a log-probability of order ``log x``, so they are evaluated in float64
+(from the float32 parameters) at every nonzero count, and the per-cell sums are formed in float64
+before they are returned in the parameters' dtype. This keeps the per-cell log-likelihoods correct to
+float32 precision for every count scamort accepts, up to :data:`scamort.data.validation.MAX_COUNT`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, constraints
 
 from scamort.data.sparse_batch import SparseBatch
-from scamort.nb_rows import negative_binomial_rows, softmax_negative_binomial_rows
+from scamort.nb_rows import (
+    negative_binomial_nonzero_log_prob,
+    negative_binomial_rows,
+    softmax_negative_binomial_rows,
+)
 
 #: What ``Distribution.sample`` accepts as ``sample_shape``.
 _Shape = torch.Size | list[int] | tuple[int, ...]
@@ -102,30 +112,20 @@ class NegativeBinomial(CountDistribution):
         return _negative_binomial_log_zero(self.log_mu, self.log_theta)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        theta = self.log_theta.exp()
-        log_theta_mu = self._log_theta_plus_mu()
-        # lgamma(x + theta) - lgamma(theta) first: both are huge when theta is, and adding the small
-        # terms to one of them before the difference would round them away in float32.
-        return (
-            (torch.lgamma(value + theta) - torch.lgamma(theta))
-            + _negative_binomial_log_zero(self.log_mu, self.log_theta)
-            + value * (self.log_mu - log_theta_mu)
-            - torch.lgamma(value + 1)
-        )
+        # float64 inside: the count-dependent terms cancel (see the module docstring)
+        log_mu, log_theta = torch.broadcast_tensors(self.log_mu.double(), self.log_theta.double())
+        log_p = negative_binomial_nonzero_log_prob(value.double().expand_as(log_mu), log_mu, log_theta)
+        return (log_p - torch.lgamma(value.double() + 1)).to(self.log_mu.dtype)
 
-    def nonzero_terms(self, counts: SparseBatch, log_theta_mu: torch.Tensor) -> torch.Tensor:
-        """``log p(x) - log p(0)`` at the nonzero entries (without ``lgamma(x+1)``), shape ``(nnz,)``."""
-        x = counts.values
-        log_theta = _at_nonzeros(self.log_theta, counts)
-        theta = log_theta.exp()
-        log_mu = _at_nonzeros(self.log_mu, counts)
-        return (
-            torch.lgamma(x + theta) - torch.lgamma(theta) + x * (log_mu - _at_nonzeros(log_theta_mu, counts))
+    def nonzero_log_prob(self, counts: SparseBatch) -> torch.Tensor:
+        """``log p(x) + lgamma(x + 1)`` at the nonzero entries, float64, shape ``(nnz,)``."""
+        return negative_binomial_nonzero_log_prob(
+            counts.values, _at_nonzeros(self.log_mu, counts), _at_nonzeros(self.log_theta, counts)
         )
 
     def log_prob_rows(self, counts: SparseBatch) -> torch.Tensor:
         log_lik = negative_binomial_rows(self.log_mu, self.log_theta, counts.row, counts.col, counts.values)
-        return log_lik - counts.log_factorial
+        return (log_lik - counts.log_factorial).to(self.log_mu.dtype)
 
     def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
@@ -167,7 +167,7 @@ class SoftmaxNegativeBinomial(NegativeBinomial):
         log_lik = softmax_negative_binomial_rows(
             self.logits, self.log_library, self.log_theta, counts.row, counts.col, counts.values
         )
-        return log_lik - counts.log_factorial
+        return (log_lik - counts.log_factorial).to(self.logits.dtype)
 
 
 class ZeroInflatedNegativeBinomial(NegativeBinomial):
@@ -208,16 +208,15 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         return torch.where(value == 0, log_zero, nb - F.softplus(self.zi_logits))
 
     def log_prob_rows(self, counts: SparseBatch) -> torch.Tensor:
-        log_theta_mu = self._log_theta_plus_mu()
-        nb_log_zero = _negative_binomial_log_zero(self.log_mu, self.log_theta)
-        log_zero = self._log_zero(nb_log_zero)
+        log_zero = self._log_zero(_negative_binomial_log_zero(self.log_mu, self.log_theta))
+        # log p(x) at a nonzero: the float64 NB term less log(1 + e^l); its log p(0) leaves the sum
         nonzero = (
-            _at_nonzeros(nb_log_zero, counts)
-            + self.nonzero_terms(counts, log_theta_mu)
-            - _at_nonzeros(F.softplus(self.zi_logits), counts)
-            - _at_nonzeros(log_zero, counts)
+            self.nonzero_log_prob(counts)
+            - _at_nonzeros(F.softplus(self.zi_logits), counts).double()
+            - _at_nonzeros(log_zero, counts).double()
         )
-        return log_zero.sum(-1) + _row_sum_of_nonzeros(nonzero, counts) - counts.log_factorial
+        rows = log_zero.sum(-1, dtype=torch.float64) + _row_sum_of_nonzeros(nonzero, counts)
+        return (rows - counts.log_factorial).to(self.log_mu.dtype)
 
     def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
@@ -242,11 +241,16 @@ class Poisson(CountDistribution):
         return self.mean
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return value * self.log_mu - self.log_mu.exp() - torch.lgamma(value + 1)
+        x, log_mu = value.double(), self.log_mu.double()
+        return (x * log_mu - log_mu.exp() - torch.lgamma(x + 1)).to(self.log_mu.dtype)
 
     def log_prob_rows(self, counts: SparseBatch) -> torch.Tensor:
-        nonzero = counts.values * _at_nonzeros(self.log_mu, counts)
-        return -self.log_mu.exp().sum(-1) + _row_sum_of_nonzeros(nonzero, counts) - counts.log_factorial
+        rate = self.log_mu.exp()
+        # at a nonzero x log mu - mu cancels: both terms in float64 there, the float32 rate replaced
+        log_mu_nz = _at_nonzeros(self.log_mu, counts).double()
+        nonzero = counts.values.double() * log_mu_nz - log_mu_nz.exp() + _at_nonzeros(rate, counts).double()
+        rows = _row_sum_of_nonzeros(nonzero, counts) - rate.sum(-1, dtype=torch.float64)
+        return (rows - counts.log_factorial).to(self.log_mu.dtype)
 
     def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
@@ -394,16 +398,22 @@ class NegativeBinomialMixture(CountDistribution):
         )
         x = counts.values
         log_theta = _at_nonzeros(self.log_theta, counts)
-        at_x = self._mixture_kernel(
-            x,
-            _at_nonzeros(self.log_mu_background, counts),
-            _at_nonzeros(self.log_mu_foreground, counts),
-            log_theta,
-            _at_nonzeros(self.mixture_logits, counts),
+        at_x = self._mixture_kernel(  # float64 at the nonzeros, where its terms cancel
+            x.double(),
+            _at_nonzeros(self.log_mu_background, counts).double(),
+            _at_nonzeros(self.log_mu_foreground, counts).double(),
+            log_theta.double(),
+            _at_nonzeros(self.mixture_logits, counts).double(),
         )
-        theta = log_theta.exp()
-        nonzero = at_x - _at_nonzeros(zero, counts) + torch.lgamma(x + theta) - torch.lgamma(theta)
-        return zero.sum(-1) + _row_sum_of_nonzeros(nonzero, counts) - counts.log_factorial
+        theta = log_theta.double().exp()
+        nonzero = (
+            at_x
+            - _at_nonzeros(zero, counts).double()
+            + torch.lgamma(x.double() + theta)
+            - torch.lgamma(theta)
+        )
+        rows = zero.sum(-1, dtype=torch.float64) + _row_sum_of_nonzeros(nonzero, counts)
+        return (rows - counts.log_factorial).to(self.log_mu_background.dtype)
 
     def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,9 @@ import torch
 
 from scamort._version import __version__
 from scamort.errors import InputError
+from scamort.paths import check_writable_folder, nearest_existing_folder
+from scamort.replace_journal import recover, staged_replacement
+from scamort.saved_format import read_spec, read_weights, validate_spec
 
 __all__ = ["FORMAT_VERSION", "SavedModel", "check_save_target", "load", "save"]
 
@@ -53,8 +53,11 @@ def check_save_target(dir_path: str | Path, *, overwrite: bool) -> None:
     ------
     FileExistsError
         If ``dir_path`` exists and may not be replaced.
+    InputError
+        If the folder it would be written into cannot be written.
     """
     target = Path(dir_path)
+    check_writable_folder(nearest_existing_folder(target.parent), role="The model folder", path=target)
     if not target.exists():
         return
     if not overwrite:
@@ -87,12 +90,15 @@ def save(
 ) -> None:
     """Write a model directory atomically: build it next to the target, then rename into place.
 
-    A previous model at the target stays in place until the new one is complete, and is put back if
-    the final rename fails or is interrupted.
+    A previous model at the target stays in place until the new one is complete. Replacing it takes two
+    renames (the old model aside, the new one in); a process killed between them leaves a staging
+    folder whose journal (:mod:`scamort.replace_journal`) lets the next :func:`save` or :func:`load`
+    put the previous model back, or finish the replacement if the new model was already in place.
+    Only folders named in such a journal are ever moved or deleted.
     """
     target = Path(dir_path)
+    recover(target)
     check_save_target(target, overwrite=overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
     spec = {
         "format_version": FORMAT_VERSION,
         "scamort_version": __version__,
@@ -103,35 +109,27 @@ def save(
         "split": {k: _to_list(v) for k, v in split.items()},
         "is_trained": is_trained,
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; a model folder is a plain folder
-    try:
+    with staged_replacement(target) as staging:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; a model folder is plain
         (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1))
-        cpu_state = {k: v.detach().cpu() for k, v in state_dict.items()}
-        torch.save(cpu_state, staging / WEIGHTS_FILE)
-        if target.exists():
-            retired = target.with_name(f".{target.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(target, retired)
-            try:
-                os.replace(staging, target)
-            except BaseException:
-                os.replace(retired, target)
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, staging / WEIGHTS_FILE)
 
 
 def load(dir_path: str | Path) -> SavedModel:
-    """Read a model directory written by :func:`save`, checking its format version."""
+    """Read a model directory written by :func:`save`, validated as a whole.
+
+    An interrupted replacement is recovered first (see :func:`save`). ``model.json`` must be JSON of the
+    saved-model schema and ``weights.pt`` a file of named tensors (:mod:`scamort.saved_format`); their fit
+    to each other (names, shapes, dtypes) is checked when the model is built.
+    """
     path = Path(dir_path)
+    recover(path)
     spec_path = path / SPEC_FILE
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a saved scamort model folder.")
     if not spec_path.is_file():
         raise FileNotFoundError(f"{path} is not a saved scamort model (no {SPEC_FILE} in it).")
-    spec = json.loads(spec_path.read_text())
+    spec = read_spec(spec_path)
     version = spec.get("format_version")
     if version != FORMAT_VERSION:
         advice = (
@@ -143,17 +141,16 @@ def load(dir_path: str | Path) -> SavedModel:
             f"{path} uses save format {version} (scamort {spec.get('scamort_version')}); this "
             f"scamort ({__version__}) reads format {FORMAT_VERSION}: {advice}."
         )
+    problem = validate_spec(spec)
+    if problem is not None:
+        raise InputError(
+            f"{spec_path} is not a valid saved model ({problem}); the file is damaged or was edited: save "
+            "the model again."
+        )
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{path} is not a complete saved scamort model (no {WEIGHTS_FILE} in it).")
-    try:
-        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"{weights} cannot be read ({first_line}); the file is damaged or not scamort's: save the "
-            "model again."
-        ) from None
+    state_dict = read_weights(weights)
     history = spec["history"]
     return SavedModel(
         init_params=spec["init_params"],

@@ -22,6 +22,7 @@ from scamort.data.sources import is_mudata
 from scamort.errors import InputError
 from scamort.module import VAE
 from scamort.train import resolve_device
+from scamort.train.checkpoint import state_dict_problem
 
 __all__ = ["read_saved", "restore_weights", "save_model"]
 
@@ -69,6 +70,12 @@ def restore_weights(module: VAE, saved: io.SavedModel, dir_path: str | Path, dev
     InputError
         If the weights do not fit the module that the saved spec describes.
     """
+    problem = state_dict_problem(saved.state_dict, module.state_dict())
+    if problem is not None:
+        raise InputError(
+            f"The weights in {dir_path} do not fit the model its model.json describes ({problem}); "
+            "the file is damaged or the folder mixes files of different models: save the model again."
+        )
     try:
         module.load_state_dict(saved.state_dict)
     except RuntimeError as exc:

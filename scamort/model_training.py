@@ -174,7 +174,7 @@ def train(
     first_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / PRETRAIN_FOLDER
     second = replace(config, kl_warmup_epochs=0)
     if checkpoint_dir is not None:  # the first stage's own is checked as it starts
-        load_checkpoint(checkpoint_dir, second, run_fingerprint(module, data))
+        load_checkpoint(checkpoint_dir, second, run_fingerprint(module, data), module)
     pretraining = run(config, checkpoint_dir=first_dir, modalities=(pretrain,))
     with frozen(module.encoders[pretrain]):
         result = run(second, checkpoint_dir=checkpoint_dir)

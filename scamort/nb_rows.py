@@ -7,14 +7,41 @@ product) and the backward pass a few more, with the count-dependent terms touche
 entries. ``log p(0)`` is taken as ``-theta log1p(mu / theta)``, which stays exact in float32 when
 ``theta >> mu``. The result and the
 gradients are exact (checked against autograd on the dense formula with ``gradcheck`` in the tests).
+
+Precision for large counts: at a nonzero count ``x`` the terms ``lgamma(x + theta)``, ``lgamma(x + 1)``,
+``x log(mu / (theta + mu))`` and ``theta log(theta / (theta + mu))`` are each of order ``x log x`` and
+cancel to a log-probability of order ``log x``, so float32 cannot resolve them once ``x`` is in the
+thousands. Every term at a nonzero entry is therefore evaluated in float64 (from the float32 parameters)
+and left out of the dense float32 sum, which then holds only the zero entries (plain negative terms
+that do not cancel); the per-cell result is float64, to be combined with the float64 ``lgamma(x + 1)``
+sums. The gradients need no such care (they are differences of order ``theta``) and stay float32.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["negative_binomial_rows", "softmax_negative_binomial_rows"]
+__all__ = ["negative_binomial_nonzero_log_prob", "negative_binomial_rows", "softmax_negative_binomial_rows"]
+
+
+def negative_binomial_nonzero_log_prob(
+    values: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor
+) -> torch.Tensor:
+    """``log NB(x; mu, theta) + lgamma(x + 1)`` at nonzero counts, in float64, shape ``(nnz,)``.
+
+    ``lgamma(x + theta) - lgamma(theta) - theta log1p(mu / theta) - x log1p(theta / mu)``, each term from
+    the float64 values of its float32 arguments (shape ``(nnz,)`` each), so that their cancellation is
+    exact to float64 precision for every count scamort accepts.
+    """
+    x = values.double()
+    log_mu = log_mu.double()
+    log_theta = log_theta.double()
+    theta = log_theta.exp()
+    log_ratio = log_mu - log_theta
+    log1p_ratio = F.softplus(log_ratio)  # log1p(mu / theta); log1p(theta / mu) = that - log(mu / theta)
+    return torch.lgamma(x + theta) - torch.lgamma(theta) - (theta + x) * log1p_ratio + x * log_ratio
 
 
 class _NegativeBinomialRows(torch.autograd.Function):
@@ -28,22 +55,20 @@ class _NegativeBinomialRows(torch.autograd.Function):
         # when theta >> mu, as theta (log theta - log(theta + mu)) does.
         log1p_ratio = torch.log1p(mu / theta)
         per_feature = log_theta.dim() == 1
-        at_zero = -(log1p_ratio @ theta) if per_feature else -(theta * log1p_ratio).sum(-1)
         flat = row * n_features + col
-        theta_nz = theta[col] if per_feature else theta.reshape(-1)[flat]
+        log1p_nz = log1p_ratio.reshape(-1)[flat]
+        log1p_ratio.view(-1).index_fill_(0, flat, 0.0)  # the dense float32 sum: only zero counts
+        at_zero = -(log1p_ratio @ theta) if per_feature else -(theta * log1p_ratio).sum(-1)
         log_theta_nz = log_theta[col] if per_feature else log_theta.reshape(-1)[flat]
-        nonzero = (
-            torch.lgamma(values + theta_nz)
-            - torch.lgamma(theta_nz)
-            + values * (log_mu.reshape(-1)[flat] - log_theta_nz - log1p_ratio.reshape(-1)[flat])
-        )
-        ctx.save_for_backward(log_theta, theta, mu, theta_plus_mu, log1p_ratio, row, col, values)
-        return at_zero.index_add(0, row, nonzero)
+        nonzero = negative_binomial_nonzero_log_prob(values, log_mu.reshape(-1)[flat], log_theta_nz)
+        ctx.save_for_backward(log_theta, theta, mu, theta_plus_mu, log1p_ratio, log1p_nz, row, col, values)
+        return at_zero.double().index_add(0, row, nonzero)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        log_theta, theta, mu, theta_plus_mu, log1p_ratio, row, col, values = ctx.saved_tensors
+        log_theta, theta, mu, theta_plus_mu, log1p_ratio, log1p_nz, row, col, values = ctx.saved_tensors
+        grad_out = grad_out.to(mu.dtype)
         n_features = mu.shape[1]
         per_feature = log_theta.dim() == 1
         flat = row * n_features + col
@@ -58,8 +83,12 @@ class _NegativeBinomialRows(torch.autograd.Function):
             grad_log_mu.reshape(-1).index_add_(0, flat, grad_out_nz * values * ratio_nz)
         if ctx.needs_input_grad[1]:
             theta_nz = theta[col] if per_feature else theta.reshape(-1)[flat]
+            # (log1p_ratio holds zeros at the nonzeros: their share of -log1p(mu / theta) is added here)
             nonzero = grad_out_nz * (
-                torch.digamma(values + theta_nz) - torch.digamma(theta_nz) - values * ratio_nz / theta_nz
+                torch.digamma(values + theta_nz)
+                - torch.digamma(theta_nz)
+                - values * ratio_nz / theta_nz
+                - log1p_nz
             )
             # d/dtheta at zero counts: log theta + 1 - log(theta + mu) - theta / (theta + mu)
             # = mu / (theta + mu) - log1p(mu / theta), in the form that does not cancel
@@ -94,7 +123,8 @@ def negative_binomial_rows(
 
     Returns
     -------
-    Tensor of shape ``(n_rows,)``; differentiable in ``log_mu`` and ``log_theta``.
+    Tensor of shape ``(n_rows,)``, float64 (see the module docstring); differentiable in ``log_mu`` and
+    ``log_theta``.
     """
     return _NegativeBinomialRows.apply(log_mu, log_theta.expand(log_theta.shape), row, col, values)
 
@@ -120,24 +150,24 @@ class _SoftmaxNegativeBinomialRows(torch.autograd.Function):
         mu.mul_((log_library - row_sum.log()).exp().unsqueeze(1))  # library × softmax(logits)
         theta = log_theta.exp()
         log1p_ratio = torch.log1p(mu * torch.exp(-log_theta))  # log((theta + mu) / theta)
-        at_zero = -(log1p_ratio @ theta) if per_feature else -(log1p_ratio * theta).sum(-1)
         flat = row * n_features + col
-        theta_nz = theta[col] if per_feature else theta.reshape(-1)[flat]
+        log1p_nz = log1p_ratio.reshape(-1)[flat]
+        log1p_ratio.view(-1).index_fill_(0, flat, 0.0)  # the dense float32 sum: only zero counts
+        at_zero = -(log1p_ratio @ theta) if per_feature else -(log1p_ratio * theta).sum(-1)
         log_theta_nz = log_theta[col] if per_feature else log_theta.reshape(-1)[flat]
-        log_norm = (row_max.squeeze(1) + row_sum.log() - log_library)[row]  # log-softmax offset
-        log_mu_nz = logits.reshape(-1)[flat] - log_norm
-        nonzero = (
-            torch.lgamma(values + theta_nz)
-            - torch.lgamma(theta_nz)
-            + values * (log_mu_nz - log_theta_nz - log1p_ratio.reshape(-1)[flat])
-        )
-        ctx.save_for_backward(log_theta, theta, mu, log1p_ratio, log_library, row, col, values)
-        return at_zero.index_add(0, row, nonzero)
+        # log-softmax offset in float64 (of the float32 sum, so that the dense and nonzero terms see
+        # the same means): times a count in the millions, float32 rounding of it would show
+        log_norm = row_max.squeeze(1).double() + row_sum.double().log() - log_library.double()
+        log_mu_nz = logits.reshape(-1)[flat].double() - log_norm[row]
+        nonzero = negative_binomial_nonzero_log_prob(values, log_mu_nz, log_theta_nz)
+        ctx.save_for_backward(log_theta, theta, mu, log1p_ratio, log1p_nz, log_library, row, col, values)
+        return at_zero.double().index_add(0, row, nonzero)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        log_theta, theta, mu, log1p_ratio, log_library, row, col, values = ctx.saved_tensors
+        log_theta, theta, mu, log1p_ratio, log1p_nz, log_library, row, col, values = ctx.saved_tensors
+        grad_out = grad_out.to(mu.dtype)
         n_features = mu.shape[1]
         per_feature = log_theta.dim() == 1
         flat = row * n_features + col
@@ -150,7 +180,8 @@ class _SoftmaxNegativeBinomialRows(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             # d/dtheta at every entry: share - log1p(mu / theta); at nonzeros digamma terms
             digamma_terms = torch.digamma(values + theta_nz) - torch.digamma(theta_nz)
-            nonzero = grad_out_nz * (digamma_terms - values * (1 - share_nz) / theta_nz)
+            # (log1p_ratio holds zeros at the nonzeros: their share of -log1p(mu / theta) is added here)
+            nonzero = grad_out_nz * (digamma_terms - values * (1 - share_nz) / theta_nz - log1p_nz)
             if per_feature:
                 grad_theta = grad_out @ share - grad_out @ log1p_ratio
                 grad_theta.index_add_(0, col, nonzero)
@@ -192,7 +223,7 @@ def softmax_negative_binomial_rows(
 
     Returns
     -------
-    Tensor of shape ``(n_rows,)`` (without ``lgamma(x+1)``); differentiable in ``logits``,
+    Tensor of shape ``(n_rows,)``, float64 (without ``lgamma(x+1)``); differentiable in ``logits``,
     ``log_library`` and ``log_theta``.
     """
     return _SoftmaxNegativeBinomialRows.apply(logits, log_library, log_theta, row, col, values)

@@ -174,3 +174,274 @@ def test_checked_in_model_still_loads_and_gives_its_latent() -> None:
     model = scamort.Model.load(FIXTURE, adata)
     expected = np.load(FIXTURE.parent / "model_v1_latent.npy")
     np.testing.assert_allclose(model.get_latent_representation(), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- large counts (issue 18)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from scamort.data.sparse_batch import SparseBatch  # noqa: E402
+from scamort.data.validation import MAX_COUNT  # noqa: E402
+from scamort.distributions import (  # noqa: E402
+    NegativeBinomial,
+    Poisson,
+    SoftmaxNegativeBinomial,
+    ZeroInflatedNegativeBinomial,
+)
+
+_COUNT = st.one_of(
+    st.integers(0, 20),
+    st.integers(0, MAX_COUNT),
+    st.integers(0, 30).map(lambda e: min(2**e if e < 25 else MAX_COUNT, MAX_COUNT)),
+    st.sampled_from([MAX_COUNT, MAX_COUNT - 1, 2**23 + 1, 10**7, 999_999]),
+)
+
+
+def _nb_oracle(x: np.ndarray, log_mu: np.ndarray, log_theta: np.ndarray) -> np.ndarray:
+    mu, theta = np.exp(log_mu), np.exp(log_theta)
+    return stats.nbinom.logpmf(x, theta, theta / (theta + mu))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    counts=st.lists(_COUNT, min_size=1, max_size=5),
+    mu_offsets=st.lists(st.sampled_from([0.0, 0.0]) | st.floats(-3, 3), min_size=5, max_size=5),
+    log_theta=st.floats(-3.0, 12.0),
+    zi_logit=st.floats(-5.0, 5.0),
+)
+def test_likelihoods_are_exact_over_the_whole_count_range(counts, mu_offsets, log_theta, zi_logit) -> None:
+    """Per-cell NB, ZINB, Poisson (and the fused softmax NB the decoders use) log-likelihoods of counts
+    from 0 to MAX_COUNT match a float64 scipy oracle to 1e-4 relative, and are never positive. The mean
+    sits at the count (offset 0, where the terms cancel most) or up to e^3 away from it."""
+    x = np.asarray(counts, dtype=np.float64)[None, :]
+    n = x.shape[1]
+    log_mu = torch.tensor(np.log(np.maximum(x, 1.0)) + np.asarray(mu_offsets[:n]), dtype=torch.float32)
+    log_theta_t = torch.full((n,), log_theta, dtype=torch.float32)
+    zi = torch.full((1, n), zi_logit, dtype=torch.float32)
+    batch = SparseBatch.from_dense(torch.tensor(x, dtype=torch.float32))
+    lm, lt, zl = log_mu.double().numpy(), log_theta_t.double().numpy(), zi.double().numpy()
+    nb = _nb_oracle(x, lm, lt)
+    log_pi, log_not_pi = -np.logaddexp(0, -zl), -np.logaddexp(0, zl)
+    zinb = np.where(x == 0, np.logaddexp(log_pi, log_not_pi + nb), log_not_pi + nb)
+    # the fused softmax path: logits and a library that give the same means
+    logits = log_mu - log_mu.max()
+    log_library = torch.logsumexp(log_mu.double(), -1).float()
+    soft_log_mu = torch.log_softmax(logits.double(), -1).numpy() + log_library.double().numpy()[:, None]
+    cases = {
+        "nb": (NegativeBinomial(log_mu, log_theta_t), nb),
+        "zinb": (ZeroInflatedNegativeBinomial(log_mu, log_theta_t, zi), zinb),
+        "poisson": (Poisson(log_mu), stats.poisson.logpmf(x, np.exp(lm))),
+        "softmax nb": (
+            SoftmaxNegativeBinomial(logits, log_library, log_theta_t),
+            _nb_oracle(x, soft_log_mu, lt),
+        ),
+    }
+    for name, (distribution, oracle) in cases.items():
+        expected = oracle.sum(-1)
+        ours = distribution.log_prob_rows(batch).double().numpy()
+        assert ours.dtype == np.float64 and np.all(ours <= 0), (name, ours)
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6, err_msg=name)
+        dense = distribution.log_prob(torch.tensor(x, dtype=torch.float32)).sum(-1).double().numpy()
+        np.testing.assert_allclose(dense, expected, rtol=1e-4, atol=1e-6, err_msg=f"{name} (dense)")
+
+
+# ---------------------------------------------------------------- checkpoints (issue 18)
+import shutil  # noqa: E402
+
+from tests.snapshot import assert_refused  # noqa: E402
+
+CKPT_OPTIONS = {"max_epochs": 1, "kl_warmup_epochs": 1, "early_stopping": False, "progress_bar": False}
+
+
+def _ckpt_data():
+    """40 cells x 8 genes with batches and a continuous covariate."""
+    adata = make_counts(n_cells=40, n_genes=8, seed=9)
+    adata.obs["depth"] = np.linspace(0.0, 1.0, adata.n_obs)
+    return adata
+
+
+def _ckpt_model(adata) -> scamort.Model:
+    return scamort.Model(
+        adata, batch_key="batch", continuous_covariate_keys=["depth"], n_hidden=16, n_latent=2
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("checkpoint")
+    _ckpt_model(_ckpt_data()).train(checkpoint_dir=folder, **CKPT_OPTIONS)
+    return folder / "checkpoint.pt"
+
+
+def _fresh_copy(finished_checkpoint: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    shutil.copy(finished_checkpoint, folder / "checkpoint.pt")
+    return folder
+
+
+def _edit_checkpoint(edit):
+    def apply(path: Path) -> None:
+        state = torch.load(path, weights_only=True)
+        edit(state)
+        torch.save(state, path)
+
+    return apply
+
+
+def _swap_rows(adata):
+    return adata[np.r_[1, 0, 2 : adata.n_obs]].copy()
+
+
+def _rename_cell(adata):
+    adata.obs_names = [*adata.obs_names[:-1], "renamed"]
+    return adata
+
+
+def _relabel_batch(adata):
+    adata.obs["batch"] = adata.obs["batch"].astype(str)
+    adata.obs.iloc[0, adata.obs.columns.get_loc("batch")] = (
+        "b1" if adata.obs["batch"].iloc[0] == "b0" else "b0"
+    )
+    return adata
+
+
+def _move_a_count(adata):
+    dense = adata.X.toarray()
+    row = int(np.flatnonzero(dense[:, 0] > 0)[0])
+    dense[row, 0] -= 1
+    dense[row, 1] += 1  # same total, same number of entries or one more
+    adata.X = sp.csr_matrix(dense)
+    return adata
+
+
+def _shift_covariate(adata):
+    adata.obs["depth"] = adata.obs["depth"][::-1].to_numpy()
+    return adata
+
+
+FINGERPRINT_CASES = {
+    "cells reordered": (_swap_rows, r"differs in: .*cells"),
+    "a cell renamed": (_rename_cell, r"differs in: cells\)"),
+    "a batch label corrected": (_relabel_batch, r"differs in: batch"),
+    "a count moved to another gene": (_move_a_count, r"differs in: counts_rna\)"),
+    "a continuous covariate changed": (_shift_covariate, r"differs in: covariates\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(FINGERPRINT_CASES))
+def test_a_checkpoint_of_other_data_is_refused_not_resumed(case, finished_checkpoint, tmp_path) -> None:
+    change, pattern = FINGERPRINT_CASES[case]
+    folder = _fresh_copy(finished_checkpoint, tmp_path)
+    adata = change(_ckpt_data())
+    model = _ckpt_model(adata)
+    assert_refused(
+        lambda: model.train(checkpoint_dir=folder, **CKPT_OPTIONS),
+        scamort.InputError,
+        r"The checkpoint in .*ckpt belongs to another model or other data \(" + pattern,
+        adata,
+    )
+    assert not model.is_trained
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _text(path: Path) -> None:
+    path.write_text("not a checkpoint")
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _drop(key: str):
+    return _edit_checkpoint(lambda state: state.pop(key))
+
+
+def _wrong_shape(state) -> None:
+    name = next(k for k, v in state["module"].items() if v.dim() == 2)
+    state["module"][name] = state["module"][name][:, :1].clone()
+
+
+def _nan_weight(state) -> None:
+    name = next(k for k, v in state["module"].items() if v.is_floating_point())
+    state["module"][name] = state["module"][name].clone().fill_(float("nan"))
+
+
+DAMAGED_CHECKPOINTS = {
+    "cut short": (_truncate, r"checkpoint\.pt is damaged \(200 bytes: cut short"),
+    "replaced by text": (_text, r"checkpoint\.pt is damaged \(16 bytes"),
+    "empty": (_empty, r"checkpoint\.pt is empty; delete it to start over"),
+    "not a dict": (lambda p: torch.save([1, 2], p), r"checkpoint\.pt is not a scamort checkpoint"),
+    "no module entry": (_drop("module"), r"checkpoint\.pt lacks entry 'module'"),
+    "no fingerprint entry": (_drop("fingerprint"), r"checkpoint\.pt lacks entry 'fingerprint'"),
+    "stopped is text": (
+        _edit_checkpoint(lambda s: s.__setitem__("stopped", "no")),
+        r"checkpoint\.pt has a wrong-typed entry 'stopped'",
+    ),
+    "rng state is a list": (
+        _edit_checkpoint(lambda s: s.__setitem__("torch_rng", [1, 2])),
+        r"wrong-typed entry 'torch_rng'",
+    ),
+    "optimizer state damaged": (
+        _edit_checkpoint(lambda s: s.__setitem__("optimizer", {"state": 3})),
+        r"checkpoint\.pt has a damaged optimizer state",
+    ),
+    "a weight of the wrong shape": (
+        _edit_checkpoint(_wrong_shape),
+        r"checkpoint\.pt does not fit the model: '",
+    ),
+    "a weight that is NaN": (_edit_checkpoint(_nan_weight), r"holds non-finite values"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_CHECKPOINTS))
+def test_a_damaged_checkpoint_is_refused_in_one_sentence(case, finished_checkpoint, tmp_path) -> None:
+    damage, pattern = DAMAGED_CHECKPOINTS[case]
+    folder = _fresh_copy(finished_checkpoint, tmp_path)
+    damage(folder / "checkpoint.pt")
+    adata = _ckpt_data()
+    model = _ckpt_model(adata)
+    assert_refused(
+        lambda: model.train(checkpoint_dir=folder, **CKPT_OPTIONS), scamort.InputError, pattern, adata
+    )
+
+
+def _deny_writing(monkeypatch, folder: Path) -> None:
+    import os
+
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path).absolute() == folder.absolute() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("case", ["a file", "inside a file", "read-only folder", "in a read-only folder"])
+def test_an_unusable_checkpoint_dir_is_refused_before_the_first_epoch(case, tmp_path, monkeypatch) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    target, pattern = {
+        "a file": (afile, r"checkpoint_dir .*notes\.txt is a file, not a folder"),
+        "inside a file": (afile / "ckpt", r"checkpoint_dir .*notes\.txt/ckpt: .*notes\.txt is a file"),
+        "read-only folder": (locked, r"checkpoint_dir .*locked cannot be written: it is not writable"),
+        "in a read-only folder": (
+            locked / "new" / "ckpt",
+            r"checkpoint_dir .*locked/new/ckpt cannot be written: its folder .*locked is not writable",
+        ),
+    }[case]
+    _deny_writing(monkeypatch, locked)
+    adata = _ckpt_data()
+    model = _ckpt_model(adata)
+    assert_refused(
+        lambda: model.train(checkpoint_dir=target, **CKPT_OPTIONS), scamort.InputError, pattern, adata
+    )
+    assert afile.read_text() == "keep" and list(locked.iterdir()) == []

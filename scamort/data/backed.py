@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scamort.data.categories import refuse_missing_names
 from scamort.data.cell_data import CellData, Minibatch, ModalityTensors
 from scamort.data.registry import Registry
 from scamort.data.validation import check_counts
@@ -36,11 +37,25 @@ def _row_blocks(n_rows: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, n_rows)
 
 
+def _has_x(adata: ad.AnnData) -> bool:
+    """Whether a backed file has an ``X`` (anndata raises h5py's KeyError when it is absent)."""
+    try:
+        return adata.X is not None
+    except KeyError:
+        return False
+
+
 def check_backed_counts(adata: ad.AnnData, chunk_size: int = 16_384, binary: bool = False) -> list[str]:
     """Validate a backed ``.X`` chunk by chunk (never all rows at once); return the feature names.
 
     Raises :class:`InputError` for non-integer, negative or non-finite counts and for empty cells.
     """
+    if not _has_x(adata):
+        raise InputError(
+            f"The backed file {adata.filename} has no X (its counts must be in X for out-of-core "
+            "training); write the counts to X, or read the file into memory and pass layer=."
+        )
+    refuse_missing_names(adata.var_names, "adata.var_names", "name every feature")
     features = list(map(str, adata.var_names))
     if adata.n_obs == 0 or not features:
         raise InputError(

@@ -30,7 +30,8 @@ class ModalityTensors:
     log_library
         Log of each cell's total count (at least 1), shape ``(n_cells,)``.
     log_factorial
-        ``sum_g lgamma(x_g + 1)`` per cell, shape ``(n_cells,)``.
+        ``sum_g lgamma(x_g + 1)`` per cell, shape ``(n_cells,)``, in float64: it cancels against the
+        other count-dependent terms of the likelihoods, which float32 cannot resolve for large counts.
     present
         Whether each cell was measured in this modality, shape ``(n_cells,)`` (bool).
     """
@@ -60,7 +61,7 @@ class ModalityTensors:
             values=torch.tensor(values),
             n_features=counts.shape[1],
             log_library=torch.tensor(np.log(np.maximum(library, 1.0)), dtype=torch.float32),
-            log_factorial=torch.tensor(log_factorial, dtype=torch.float32),
+            log_factorial=torch.tensor(log_factorial, dtype=torch.float64),
             present=torch.as_tensor(np.asarray(present, dtype=bool)),
         )
 

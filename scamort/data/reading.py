@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scamort.data.categories import refuse_missing_names
 from scamort.data.modality import Modality
 from scamort.data.validation import check_counts
 from scamort.errors import InputError
@@ -53,6 +54,29 @@ def _as_csr(matrix: Any) -> sp.csr_matrix:
     return csr
 
 
+def _feature_names(adata: ad.AnnData, container: str) -> list[str]:
+    """``var_names`` as strings; a missing (NaN) name is refused, not turned into ``"nan"``."""
+    refuse_missing_names(
+        adata.var_names, f"{container}.var_names", "name every feature (e.g. from a gene-symbol column)"
+    )
+    return list(map(str, adata.var_names))
+
+
+def _refuse_non_numeric_columns(table: pd.DataFrame, where: str) -> None:
+    """Refuse a count table (an ``.obsm`` DataFrame) with a column that is not numbers, naming it."""
+    for column in table.columns:
+        dtype = table[column].dtype
+        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)) or isinstance(
+            dtype, pd.CategoricalDtype
+        ):
+            values = table[column].dropna()
+            example = f" (e.g. {values.iloc[0]!r})" if len(values) else ""
+            raise InputError(
+                f"{where} column {str(column)!r} is not numeric: it has dtype {dtype}{example}; convert it "
+                f"to counts (e.g. pd.to_numeric) or drop that column."
+            )
+
+
 def read_counts(
     adata: ad.AnnData, modality: Modality, name: str, container: str = "adata", allow_no_cells: bool = False
 ) -> tuple[sp.csr_matrix, list[str], str]:
@@ -77,11 +101,12 @@ def read_counts(
                 f"Modality {name!r}: obsm key {modality.obsm_key!r} not found (available: {available})."
             )
         raw = adata.obsm[modality.obsm_key]
-        names = (
-            [str(c) for c in raw.columns]
-            if isinstance(raw, pd.DataFrame)
-            else [f"{name}_{i}" for i in range(raw.shape[1])]
-        )
+        if isinstance(raw, pd.DataFrame):
+            refuse_missing_names(raw.columns, f"{where} (its columns)", "name every column")
+            _refuse_non_numeric_columns(raw, where)
+            names = [str(c) for c in raw.columns]
+        else:
+            names = [f"{name}_{i}" for i in range(raw.shape[1])]
     elif modality.layer is not None:
         if modality.layer not in adata.layers:
             available = ", ".join(map(repr, adata.layers.keys())) or "none"
@@ -89,11 +114,12 @@ def read_counts(
                 f"Modality {name!r}: layer {modality.layer!r} not found in adata.layers "
                 f"(available: {available}); use layer=None for adata.X."
             )
-        raw, names = adata.layers[modality.layer], list(map(str, adata.var_names))
+        raw, names = adata.layers[modality.layer], _feature_names(adata, container)
     else:
         if adata.X is None:
             raise InputError(f"Modality {name!r}: adata.X is empty; pass the count layer with layer=.")
-        raw, names = adata.X, list(map(str, adata.var_names))
+        raw, names = adata.X, _feature_names(adata, container)
+    refuse_missing_names(adata.obs_names, f"{container}.obs_names", "name every cell")
     if (adata.n_obs == 0 and not allow_no_cells) or len(names) == 0:
         raise InputError(f"{where} is empty ({adata.n_obs} cells × {len(names)} features); nothing to model.")
     counts = _as_csr(raw)

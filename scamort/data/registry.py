@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
+from scamort.data.categories import legacy_labels
 from scamort.data.modality import Modality
 from scamort.data.validation import check_categorical_column, check_continuous_column
 from scamort.errors import InputError
@@ -124,8 +126,7 @@ def _categories(adata: ad.AnnData, key: str, role: str) -> tuple[str, ...]:
     column = check_categorical_column(adata, key, role)
     original = adata.obs[key]
     if hasattr(original, "cat"):
-        used = set(column)
-        return tuple(str(c) for c in original.cat.categories if str(c) in used)
+        return tuple(pd.unique(column.to_numpy()[np.argsort(original.cat.codes.to_numpy(), kind="stable")]))
     return tuple(sorted(set(column)))
 
 
@@ -183,6 +184,10 @@ def category_codes(adata: ad.AnnData, key: str, categories: Sequence[str], role:
     column = check_categorical_column(adata, key, role)
     lookup = {c: i for i, c in enumerate(categories)}
     codes = column.map(lookup)
+    if codes.isna().any():  # a model saved before whole numbers were read as integers ("1.0")
+        legacy = legacy_labels(adata.obs[key]).map(lookup)
+        if not legacy.isna().any():
+            codes = legacy
     unseen = column[codes.isna()].unique()
     if len(unseen):
         raise InputError(

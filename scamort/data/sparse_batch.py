@@ -24,8 +24,8 @@ class SparseBatch:
     n_features
         Number of columns.
     log_factorial
-        ``sum_g lgamma(x_g + 1)`` per row, shape ``(n_rows,)``: the count-only normalising constant of
-        the Poisson-family likelihoods, computed once per cell when the data are loaded.
+        ``sum_g lgamma(x_g + 1)`` per row, shape ``(n_rows,)`` (float64): the count-only normalising
+        constant of the Poisson-family likelihoods, computed once per cell when the data are loaded.
     """
 
     row: torch.Tensor
@@ -70,8 +70,8 @@ class SparseBatch:
         row, col = torch.nonzero(dense, as_tuple=True)
         values = dense[row, col]
         counts_per_row = torch.bincount(row, minlength=dense.shape[0])
-        log_factorial = torch.zeros(dense.shape[0], dtype=dense.dtype, device=dense.device)
-        log_factorial.index_add_(0, row, torch.lgamma(values + 1))
+        log_factorial = torch.zeros(dense.shape[0], dtype=torch.float64, device=dense.device)
+        log_factorial.index_add_(0, row, torch.lgamma(values.double() + 1))
         return cls(
             row=row,
             col=col,

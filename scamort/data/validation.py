@@ -12,12 +12,19 @@ import scipy.sparse as sp
 from scamort.errors import InputError
 
 __all__ = [
+    "MAX_COUNT",
     "check_categorical_column",
     "check_continuous_column",
     "check_counts",
     "check_obs_key",
     "missing_obs_column",
 ]
+
+
+#: The largest count scamort accepts: 2^24, the largest whole number float32 (the dtype counts are held
+#: in on the device) represents exactly. The likelihoods are correct over the whole range 0..MAX_COUNT
+#: (their count-dependent terms are evaluated in float64); larger values are refused before any work.
+MAX_COUNT = 2**24
 
 
 def _first_location(
@@ -36,7 +43,8 @@ def check_counts(
     features: Sequence[str],
     binary: bool = False,
 ) -> None:
-    """Raise :class:`InputError` unless ``matrix`` holds finite, non-negative whole numbers.
+    """Raise :class:`InputError` unless ``matrix`` holds finite, non-negative whole numbers up to
+    :data:`MAX_COUNT`.
 
     Parameters
     ----------
@@ -50,22 +58,30 @@ def check_counts(
         Require values in {0, 1} (Bernoulli likelihood without binarisation).
     """
     data = matrix.data
+    # (which entries, what they are, how to fix it); the first failing check is reported
     checks: list[tuple[np.ndarray, str, str]] = [
-        (~np.isfinite(data), "NaN or infinite", "remove or fill them before fitting"),
-        (data < 0, "negative", "scamort models raw counts; pass the raw count layer with layer="),
+        (~np.isfinite(data), "NaN or infinite entries", "remove or fill them before fitting"),
+        (data < 0, "negative entries", "scamort models raw counts; pass the raw count layer with layer="),
         (
             data != np.round(data),
-            "non-integer",
+            "non-integer entries",
             "scamort models raw counts, not normalised or log values; pass the raw count layer with layer=",
+        ),
+        (
+            data > MAX_COUNT,
+            f"entries above {MAX_COUNT:,} (2^24), the largest count scamort supports",
+            "float32 holds whole numbers exactly only up to there; check that these are raw counts of "
+            "single features, and remove or rescale such features",
         ),
     ]
     if binary:
-        checks.append((data > 1, "non-binary (not 0 or 1)", "use binarize=True or a count likelihood"))
+        binary_fix = "use binarize=True or a count likelihood"
+        checks.append((data > 1, "non-binary (not 0 or 1) entries", binary_fix))
     for bad, what, fix in checks:
         n_bad = int(np.count_nonzero(bad))
         if n_bad:
             location = _first_location(matrix, bad, cells, features)
-            raise InputError(f"{where} has {n_bad} {what} entries (first at {location}): {fix}.")
+            raise InputError(f"{where} has {n_bad} {what} (first at {location}): {fix}.")
 
 
 def missing_obs_column(data: Any, key: str, role: str) -> InputError:
@@ -99,7 +115,10 @@ def check_obs_key(data: Any, key: str, role: str) -> pd.Series:
 
 
 def check_categorical_column(data: Any, key: str, role: str) -> pd.Series:
-    """Return ``data.obs[key]`` as strings, refusing missing values."""
+    """Return ``data.obs[key]`` as category labels (:func:`scamort.data.categories.category_labels`),
+    refusing missing values and columns whose categories would merge or split silently."""
+    from scamort.data.categories import category_labels
+
     column = check_obs_key(data, key, role)
     n_missing = int(column.isna().sum())
     if n_missing:
@@ -107,7 +126,7 @@ def check_categorical_column(data: Any, key: str, role: str) -> pd.Series:
             f"{role} {key!r} has {n_missing} missing (NaN) values; fill them (e.g. with 'unknown') "
             "or drop those cells."
         )
-    return column.astype(str)
+    return category_labels(column, key, role)
 
 
 def check_continuous_column(data: Any, key: str, role: str) -> np.ndarray:

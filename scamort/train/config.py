@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -22,18 +21,10 @@ def default_max_epochs(n_cells: int) -> int:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if str(device) == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device='cuda' was asked for but CUDA is not available; use 'cpu' or 'auto'.")
-    return resolved
+    """See :func:`scamort.devices.resolve_device` (kept here for existing imports)."""
+    from scamort.devices import resolve_device as resolve
+
+    return resolve(device)
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ def fit(
     fingerprint = run_fingerprint(module, data) if checkpoint_dir is not None else None
     saved = None
     if checkpoint_dir is not None and fingerprint is not None:
-        saved = load_checkpoint(checkpoint_dir, config, fingerprint)
+        saved = load_checkpoint(checkpoint_dir, config, fingerprint, module)
     if saved is not None:
         module.load_state_dict(saved["module"])
         optimizer.load_state_dict(saved["optimizer"])
