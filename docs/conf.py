@@ -56,9 +56,7 @@ nb_execution_mode = "off"
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath", "substitution"]
 myst_heading_anchors = 3
-# The user guide's toctree lists its pages in reading order and ends with the glob ``guide/*``, which picks
-# up every page added to docs/guide/ later; while every page is listed by name that glob matches nothing.
-suppress_warnings = ["myst.header", "toc.empty_glob"]
+suppress_warnings = ["myst.header"]
 
 autosummary_generate = True
 autosummary_imported_members = False
