@@ -35,14 +35,21 @@ def write_help_texts(target: Path) -> list[Path]:
     """
     from scamort.cli import build_parser
 
-    os.environ.setdefault("COLUMNS", "100")  # argparse wraps to the terminal width; fix it for the page
     target.mkdir(parents=True, exist_ok=True)
     parser = build_parser()
     written = []
-    for name, sub in [("scamort", parser), *_commands(parser).items()]:
-        path = target / f"{name}.txt"
-        text = sub.format_help()
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-        written.append(path)
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "82"  # argparse wraps to the terminal width: fix it to the page's
+    try:
+        for name, sub in [("scamort", parser), *_commands(parser).items()]:
+            path = target / f"{name}.txt"
+            text = sub.format_help()
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+            written.append(path)
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
     return written
