@@ -566,15 +566,20 @@ def _flatten(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
         yield prefix, data
 
 
+MAX_GENERIC_ROWS = 200
+
+
 def generic(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -> str:
-    """Any other results file: its scalar entries as one table."""
+    """Any other results file: its scalar entries as one table (the first ``MAX_GENERIC_ROWS``)."""
     out = []
     for name, data in runs.items():
-        title = data.get("benchmark", Path(name).stem) if isinstance(data, dict) else Path(name).stem
-        out.append(f"## `{title}`\n\n")
+        out.append(f"### `{name}`\n\n")
         if isinstance(data, dict):
             out.append(environment(data, name))
-        out.append("\n" + table(["entry", "value"], [[f"`{k}`", v] for k, v in _flatten(data)]))
+        rows = [[f"`{k}`", v] for k, v in _flatten(data)]
+        out.append("\n" + table(["entry", "value"], rows[:MAX_GENERIC_ROWS]))
+        if len(rows) > MAX_GENERIC_ROWS:
+            out.append(f"\n({len(rows) - MAX_GENERIC_ROWS} more entries are in the file.)\n")
     return "\n".join(out)
 
 
@@ -597,28 +602,47 @@ def _kind(name: str, data: Any) -> str:
     return ""
 
 
+def _same_shape(a: Any, b: Any) -> bool:
+    """Whether two results files have the same top-level keys (runs of one script, one mode)."""
+    return isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b)
+
+
 def render(results: Path, generated: Path) -> str:
-    """The whole page as MyST Markdown; images referenced on it are copied or drawn into ``generated``."""
+    """The whole page as MyST Markdown; images referenced on it are copied or drawn into ``generated``.
+
+    Each known benchmark's section is drawn from its main file (``<benchmark>.json``, else the first of its
+    files by name) and, for ``core_worm``, from other files of the same shape (re-runs). Every other file,
+    and any file a curated section cannot read, is shown as a generic table under "Other results", so the
+    build never drops or fails on a results file.
+    """
     files = sorted(results.glob("*.json"))
     loaded = {path.name: json.loads(path.read_text()) for path in files}
     quick = {n: d for n, d in loaded.items() if Path(n).stem.endswith("_quick")}
-    grouped: dict[str, dict[str, dict[str, Any]]] = {}
+    grouped: dict[str, dict[str, Any]] = {}
     for name, data in loaded.items():
-        if name in quick:
-            continue
-        kind = _kind(name, data)
-        # The file named exactly after the benchmark is its main run; other runs of it follow.
-        grouped.setdefault(kind, {})[name] = data
-    for kind, runs in grouped.items():
-        if kind:
-            main = f"{kind}.json"
-            grouped[kind] = dict(sorted(runs.items(), key=lambda item: (item[0] != main, item[0])))
+        if name not in quick:
+            grouped.setdefault(_kind(name, data), {})[name] = data
+    others: dict[str, Any] = dict(grouped.pop("", {}))
     parts = [HEADER.format(n_files=len(files))]
     for kind, render_section in SECTIONS.items():
-        if kind in grouped:
-            parts.append(render_section(grouped[kind], results, generated))
-    if "" in grouped:
-        parts.append("## Other results\n\n" + generic(grouped[""], results, generated))
+        runs = grouped.get(kind)
+        if not runs:
+            continue
+        main = f"{kind}.json" if f"{kind}.json" in runs else next(iter(runs))
+        chosen = {main: runs[main]}
+        if kind == "core_worm":
+            chosen.update((n, d) for n, d in runs.items() if n != main and _same_shape(d, runs[main]))
+        others.update((n, d) for n, d in runs.items() if n not in chosen)
+        try:
+            parts.append(render_section(chosen, results, generated))
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            print(
+                f"benchmark_tables: {kind} section failed ({exc!r}); shown as a generic table",
+                file=sys.stderr,
+            )
+            others.update(chosen)
+    if others:
+        parts.append("## Other results\n\n" + generic(dict(sorted(others.items())), results, generated))
     if quick:
         parts.append(
             "## Smoke runs\n\nThese files come from each script's `--quick` mode (a few epochs), which "
