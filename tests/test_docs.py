@@ -87,3 +87,40 @@ def test_changelog_has_an_unreleased_section_and_the_current_version() -> None:
     text = (ROOT / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in text
     assert f"## [{__version__}]" in text
+
+
+def _benchmark_tables():
+    import importlib.util
+
+    path = ROOT / "docs" / "scripts" / "benchmark_tables.py"
+    spec = importlib.util.spec_from_file_location("benchmark_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmarks_page_shows_every_results_file_with_its_numbers(tmp_path: Path) -> None:
+    import json
+
+    tables = _benchmark_tables()
+    results = ROOT / "benchmarks" / "results"
+    page = tables.render(results, tmp_path)
+    for path in results.glob("*.json"):
+        assert f"`{path.name}`" in page, f"{path.name} is missing from the benchmarks page"
+    core = json.loads((results / "core_worm.json").read_text())
+    for tool in ("scamort", "scvi"):
+        assert f"| {tables.fmt(core['results'][tool]['heldout_elbo'])} |" in page
+    images = [line.split("/")[-1] for line in page.splitlines() if line.startswith("```{figure}")]
+    assert images and all((tmp_path / tables.FIGURES / name).is_file() for name in images)
+
+
+def test_benchmark_cells_are_formatted_from_the_values() -> None:
+    fmt = _benchmark_tables().fmt
+    assert [fmt(True), fmt(None), fmt(3), fmt(-139.60031), fmt(0.0283509), fmt(29954.6)] == [
+        "yes",
+        "–",
+        "3",
+        "-139.6",
+        "0.0284",
+        "29,955",
+    ]
