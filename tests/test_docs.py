@@ -89,20 +89,20 @@ def test_changelog_has_an_unreleased_section_and_the_current_version() -> None:
     assert f"## [{__version__}]" in text
 
 
-def _benchmark_tables():
-    import importlib.util
+def _benchmark_tables(monkeypatch: pytest.MonkeyPatch):
+    """``docs/scripts/benchmark_tables.py``, imported as conf.py does (its folder on ``sys.path``)."""
+    import importlib
 
-    path = ROOT / "docs" / "scripts" / "benchmark_tables.py"
-    spec = importlib.util.spec_from_file_location("benchmark_tables", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "scripts"))
+    return importlib.import_module("benchmark_tables")
 
 
-def test_benchmarks_page_shows_every_results_file_with_its_numbers(tmp_path: Path) -> None:
+def test_benchmarks_page_shows_every_results_file_with_its_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
 
-    tables = _benchmark_tables()
+    tables = _benchmark_tables(monkeypatch)
     results = ROOT / "benchmarks" / "results"
     page = tables.render(results, tmp_path)
     for path in results.glob("*.json"):
@@ -114,8 +114,8 @@ def test_benchmarks_page_shows_every_results_file_with_its_numbers(tmp_path: Pat
     assert images and all((tmp_path / tables.FIGURES / name).is_file() for name in images)
 
 
-def test_benchmark_cells_are_formatted_from_the_values() -> None:
-    fmt = _benchmark_tables().fmt
+def test_benchmark_cells_are_formatted_from_the_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    fmt = _benchmark_tables(monkeypatch).fmt
     assert [fmt(True), fmt(None), fmt(3), fmt(-139.60031), fmt(0.0283509), fmt(29954.6)] == [
         "yes",
         "–",
