@@ -150,7 +150,7 @@ class AmortizationGap:
 
     @property
     def closure(self) -> np.ndarray:
-        """Fraction of the mean gap closed after each step: ``mean(improvement) / mean(gap)``,
+        """Fraction of the mean gap closed after each step, ``mean(improvement) / mean(gap)``,
         shape ``(n_steps,)``."""
         return self.improvement.mean(0) / self.gap.mean()
 

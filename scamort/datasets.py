@@ -33,9 +33,10 @@ def bundled_path(filename: str) -> Path:
 
 
 def worm_neurons() -> ad.AnnData:
-    """C. elegans neurons, sci-RNA-seq (Cao et al. 2017): 4186 cells × 13488 genes, raw counts.
+    """Caenorhabditis elegans neurons from sci-RNA-seq: 4186 cells × 13488 genes, raw counts.
 
-    ``obs["label"]`` holds the 10 neuron classes. Source: github ttgump/scDeepCluster (Apache-2.0).
+    The data of Cao et al. (2017); ``obs["label"]`` holds the 10 neuron classes. Source: github
+    ttgump/scDeepCluster (Apache-2.0).
     """
     return ad.read_h5ad(bundled_path("worm_neuron_cao2017_4186.h5ad"))
 

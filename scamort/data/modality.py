@@ -30,10 +30,10 @@ class Modality:
         Counts: ``"nb"`` (negative binomial), ``"zinb"`` (zero-inflated NB), ``"poisson"`` or
         ``"nbmixture"`` (a background/foreground NB mixture as in totalVI, for protein: each count is
         ambient background or foreground, see
-        :class:`scamort.nn.decoder.NegativeBinomialMixtureDecoder`). 0/1 values: ``"bernoulli"``
+        ``scamort.nn.decoder.NegativeBinomialMixtureDecoder``). 0/1 values: ``"bernoulli"``
         (probabilities from z alone) or ``"bernoulli_depth"`` (``P(x = 1) = 1 - exp(-d × rate)``
         with ``d`` the cell's number of nonzero features, so depth enters like a library size, see
-        :class:`scamort.nn.decoder.DepthBernoulliDecoder`).
+        ``scamort.nn.decoder.DepthBernoulliDecoder``).
     binarize
         Turn counts into presence (``x > 0``) before modelling; for accessibility with a Bernoulli.
     present_key
@@ -63,7 +63,7 @@ class Modality:
 
     @property
     def source(self) -> str:
-        """Where the counts are read from: ``"X"``, ``"layers/NAME"`` or ``"obsm/KEY"``."""
+        """Where the counts are read from, as ``"X"``, ``"layers/NAME"`` or ``"obsm/KEY"``."""
         if self.obsm_key is not None:
             return f"obsm/{self.obsm_key}"
         return "X" if self.layer is None else f"layers/{self.layer}"

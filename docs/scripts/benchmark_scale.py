@@ -1,0 +1,145 @@
+"""The ``scale_cpu`` section of the benchmarks page: throughput, quality and memory, with a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmark_cells import FIGURES, environment, figure, table
+
+
+# ------------------------------------------------------------------------------------------- scale_cpu
+def _scale_plot(cases: dict[str, dict[str, Any]], generated: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for case in cases.values():
+        if case.get("tool") == "scamort" and "lr_scaling" in case and case.get("epochs_run") == 10:
+            series.setdefault(case["lr_scaling"], []).append(
+                (case["batch_size"], case["cells_per_second"], case["heldout_elbo"])
+            )
+    series = {k: sorted(v) for k, v in series.items() if len(v) > 1}
+    if not series:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    for scaling, points in series.items():
+        batch, speed, elbo = zip(*points, strict=True)
+        left.plot(batch, speed, marker="o", label=f"scamort, lr_scaling={scaling!r}")
+        right.plot(batch, elbo, marker="o", label=f"scamort, lr_scaling={scaling!r}")
+    scvi = [c for c in cases.values() if c.get("tool") == "scvi-tools" and c.get("epochs_run") == 10]
+    if scvi:
+        left.axhline(scvi[0]["cells_per_second"], color="0.4", ls="--", label="scvi-tools, batch 128")
+        right.axhline(scvi[0]["heldout_elbo"], color="0.4", ls="--", label="scvi-tools, batch 128")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+    left.set_ylabel("training cells per second")
+    right.set_ylabel("held-out ELBO per cell (higher is better)")
+    right.legend(frameon=False, fontsize=8)
+    left.set_title("throughput")
+    right.set_title("quality after the same number of epochs")
+    target = generated / FIGURES / "scale_cpu_batch_size.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+def scale_cpu(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -> str:
+    """Throughput and quality against batch size, a time budget, and out-of-core memory."""
+    name, data = next(iter(runs.items()))
+    cases = data.get("cases", {})
+    out = [
+        "## Scale on CPU (`scale_cpu.py`)\n",
+        "Training throughput and held-out ELBO on a data set grown from the worm neurons, scamort and "
+        "scvi-tools side by side at scamort's default batch size and under the same time budget, scamort "
+        "across batch sizes with both learning-rate scalings, and the peak memory of in-memory and backed "
+        "(out-of-core) training on large grown data sets. Reproduce with `python benchmarks/scale_cpu.py`.\n",
+        environment(data, name),
+    ]
+    in_memory = {k: c for k, c in cases.items() if "heldout_elbo" in c}
+    out.append("\n### Throughput and quality\n\n")
+    out.append(
+        table(
+            [
+                "case",
+                "tool",
+                "cells",
+                "batch",
+                "lr scaling",
+                "epochs",
+                "s/epoch",
+                "cells/s",
+                "held-out ELBO",
+                "peak RSS (MiB)",
+            ],
+            [
+                [
+                    f"`{k}`",
+                    c.get("tool"),
+                    c.get("n_cells"),
+                    c.get("batch_size"),
+                    c.get("lr_scaling"),
+                    c.get("epochs_run"),
+                    c.get("seconds_per_epoch"),
+                    c.get("cells_per_second"),
+                    c.get("heldout_elbo"),
+                    c.get("peak_rss_mb"),
+                ]
+                for k, c in in_memory.items()
+            ],
+        )
+    )
+    plot = _scale_plot(cases, generated)
+    if plot is not None:
+        out.append(
+            "\n"
+            + figure(
+                plot,
+                generated,
+                "Throughput and held-out ELBO after the same number of epochs "
+                "against batch size (drawn from the results file).",
+            )
+        )
+    memory = {k: c for k, c in cases.items() if "heldout_elbo" not in c}
+    if memory:
+        out.append("\n### Memory at a million cells\n\n")
+        out.append(
+            table(
+                [
+                    "case",
+                    "tool",
+                    "cells",
+                    "batch",
+                    "s/epoch",
+                    "cells/s",
+                    "peak RSS (MiB)",
+                    "dense matrix (MiB)",
+                    "file (MiB)",
+                    "validation ELBO per epoch",
+                ],
+                [
+                    [
+                        f"`{k}`",
+                        c.get("tool"),
+                        c.get("n_cells"),
+                        c.get("batch_size"),
+                        c.get("seconds_per_epoch"),
+                        c.get("cells_per_second"),
+                        c.get("peak_rss_mb"),
+                        c.get("dense_matrix_would_be_mb"),
+                        c.get("file_mb"),
+                        c.get("validation_elbo_per_epoch"),
+                    ]
+                    for k, c in memory.items()
+                ],
+            )
+        )
+    summary = data.get("summary", {})
+    if summary:
+        out.append("\n### Summary recorded by the script\n\n")
+        out.append(table(["quantity", "value"], [[f"`{k}`", v] for k, v in summary.items()]))
+    return "\n".join(out)
