@@ -64,12 +64,13 @@ def _feature_names(adata: ad.AnnData, container: str) -> list[str]:
 
 def _refuse_non_numeric_columns(table: pd.DataFrame, where: str) -> None:
     """Refuse a count table (an ``.obsm`` DataFrame) with a column that is not numbers, naming it."""
-    for column in table.columns:
-        dtype = table[column].dtype
+    for position, column in enumerate(table.columns):  # by position: names may repeat
+        series = table.iloc[:, position]
+        dtype = series.dtype
         if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)) or isinstance(
             dtype, pd.CategoricalDtype
         ):
-            values = table[column].dropna()
+            values = series.dropna()
             example = f" (e.g. {values.iloc[0]!r})" if len(values) else ""
             raise InputError(
                 f"{where} column {str(column)!r} is not numeric: it has dtype {dtype}{example}; convert it "
