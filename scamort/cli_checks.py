@@ -6,13 +6,16 @@ HDF5 file, an output whose folder cannot be written, a ``--modality`` given twic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from scamort.errors import InputError
 from scamort.paths import check_writable_folder
 
 __all__ = ["check_input_file", "check_output_folder", "check_unique_modalities", "read_input"]
+
+T = TypeVar("T")
 
 
 def check_input_file(path: Path, suffixes: Sequence[str]) -> None:
@@ -36,7 +39,7 @@ def check_input_file(path: Path, suffixes: Sequence[str]) -> None:
         )
 
 
-def read_input(path: Path, reader) -> object:
+def read_input(path: Path, reader: Callable[[Path], T]) -> T:
     """``reader(path)`` with any failure of the file's contents reported as one sentence naming it."""
     try:
         return reader(path)
