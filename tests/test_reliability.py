@@ -26,43 +26,53 @@ def _weights(model: scamort.Model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
 
 
+_TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    import torch
+    import scamort
+    import scamort.train.loop as loop
+    from tests.conftest import make_counts
+
+    checkpoint_dir, out, die_in_epoch = sys.argv[1] or None, sys.argv[2], int(sys.argv[3])
+    original, calls = loop._evaluate, [0]
+
+    def dying(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == die_in_epoch:  # after this epoch's training steps, before its checkpoint
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+
+    loop._evaluate = dying
+    model = scamort.Model(make_counts(n_cells=300), seed=3)
+    history = model.train(checkpoint_dir=checkpoint_dir, **{options!r})
+    torch.save({{"weights": model.module.state_dict(), "history": history.drop(columns="seconds")}}, out)
+    """
+)
+
+
+def _train_in_fresh_process(checkpoint_dir: Path | None, out: Path, die_in_epoch: int = 0) -> int:
+    """Train the reliability model in a new interpreter (so every run starts from the same process
+    state: threads, allocator); returns the exit code."""
+    script = _TRAIN_SCRIPT.format(root=str(ROOT), options=TRAIN_OPTIONS)
+    command = [sys.executable, "-c", script, str(checkpoint_dir or ""), str(out), str(die_in_epoch)]
+    return subprocess.run(command, check=False).returncode
+
+
 def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
-    reference = scamort.Model(make_counts(n_cells=300), seed=3)
-    reference.train(**TRAIN_OPTIONS)
-
-    script = textwrap.dedent(
-        f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        import scamort
-        import scamort.train.loop as loop
-        from tests.conftest import make_counts
-
-        original, calls = loop._evaluate, [0]
-
-        def dying(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == 4:  # in epoch 4, after its training steps, before its checkpoint
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(*args, **kwargs)
-
-        loop._evaluate = dying
-        model = scamort.Model(make_counts(n_cells=300), seed=3)
-        model.train(checkpoint_dir=sys.argv[1], **{TRAIN_OPTIONS!r})
-        """
-    )
+    assert _train_in_fresh_process(None, tmp_path / "reference.pt") == 0
     checkpoints = tmp_path / "checkpoints"
-    killed = subprocess.run([sys.executable, "-c", script, str(checkpoints)], check=False)
-    assert killed.returncode == -9
+    assert _train_in_fresh_process(checkpoints, tmp_path / "never.pt", die_in_epoch=4) == -9
     saved = torch.load(checkpoints / "checkpoint.pt", weights_only=True)
     assert saved["progress"]["epoch"] == 3
 
-    resumed = scamort.Model(make_counts(n_cells=300), seed=3)
-    history = resumed.train(checkpoint_dir=checkpoints, **TRAIN_OPTIONS)
-    for name, tensor in _weights(reference).items():
-        torch.testing.assert_close(_weights(resumed)[name], tensor, rtol=0, atol=0)
-    columns = [c for c in history.columns if c != "seconds"]
-    pd.testing.assert_frame_equal(history[columns], reference.history[columns])
+    assert _train_in_fresh_process(checkpoints, tmp_path / "resumed.pt") == 0
+    reference = torch.load(tmp_path / "reference.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=False)
+    for name, tensor in reference["weights"].items():
+        torch.testing.assert_close(resumed["weights"][name], tensor, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(resumed["history"], reference["history"])
 
 
 def test_checkpoint_from_other_options_is_refused(tmp_path: Path) -> None:
