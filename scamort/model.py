@@ -20,8 +20,10 @@ from scamort._checks import is_real_number, is_whole_number
 from scamort.amortization_gap import AmortizationGap, GapOptions, measure_amortization_gap
 from scamort.data import CellData, Modality, Registry, build_registry, encode_cells
 from scamort.data.backed import BackedCellData, is_backed
+from scamort.data.measured import refuse_unmeasured_features
 from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
 from scamort.errors import InputError
+from scamort.feature_masks import initialize_masked_background, measured_share
 from scamort.module import VAE, ModuleConfig
 from scamort.nn import DISPERSIONS
 from scamort.nn.decoder import NegativeBinomialMixtureDecoder
@@ -278,6 +280,9 @@ class Model:
                         f"Modality {name!r} has no measured cells, so there is nothing to learn it from; "
                         "drop it from modalities= or add cells that have it."
                     )
+                if entry.measured is not None:
+                    key = str(modalities[name].measured_key)
+                    refuse_unmeasured_features(entry.measured, entry.present, entry.feature_names, name, key)
             features = {name: read[name].feature_names for name in modalities}
         registry = build_registry(
             {name: (m, features[name]) for name, m in modalities.items()},
@@ -322,6 +327,8 @@ class Model:
             library_heads=init_params.get("library_heads", False),
             private_dims=private_dims,
             mixing_weight=init_params.get("mixing_weight", 0.0),
+            masked=tuple(m.name for m in registry.modalities if m.modality.measured_key is not None),
+            panel_dropout=init_params["modality_dropout"],
         )
         torch.manual_seed(init_params["seed"])
         self.module = VAE(config)
@@ -348,7 +355,11 @@ class Model:
             sample = self._data.take(rows)
             counts = sample.modalities[name].rows(0, rows.shape[0]).to_dense()
             library = counts.sum(1, keepdim=True).clamp(min=1)
-            decoder.initialize_background((counts + 0.5) / library, sample.batch_index)
+            measured = sample.modalities[name].measured_rows(0, rows.shape[0])
+            if measured is None:
+                decoder.initialize_background((counts + 0.5) / library, sample.batch_index)
+            else:
+                initialize_masked_background(decoder, counts, measured, sample.batch_index)
 
     @property
     def n_latent(self) -> int:
@@ -858,6 +869,7 @@ class Model:
         if likelihood == "bernoulli":  # probabilities; float64 like the expected counts below
             return self._feature_frame(proportions.astype(np.float64), names, name)
         expected = proportions * self._library_sizes(data, index, name)[:, None]
+        expected = expected / measured_share(proportions, data.modalities[name], index, likelihood)[:, None]
         if likelihood == "bernoulli_depth":
             expected = -np.expm1(-expected)
         return self._feature_frame(expected, names, name)
