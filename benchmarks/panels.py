@@ -202,7 +202,11 @@ SUMMARY_PATHS = {
     **{
         f"{model}_{metric}": (model, *path)
         for model in ("scamort_masked", "scamort_all", "totalvi")
-        for metric, path in (("ari", ("leiden", "ari")), ("nmi", ("leiden", "nmi")), ("mixing", ("batch_mixing",)))
+        for metric, path in (
+            ("ari", ("leiden", "ari")),
+            ("nmi", ("leiden", "nmi")),
+            ("mixing", ("batch_mixing",)),
+        )
     },
 }
 

@@ -190,8 +190,10 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         type=_modality,
         metavar="SPEC",
         help="model several modalities, one --modality per modality: "
-        "NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize] (e.g. --modality rna=nb "
-        "--modality prot=nb,obsm=protein_expression); with an .h5mu input the NAMEs are its modalities",
+        "NAME=LIKELIHOOD[,layer=L][,obsm=K][,present=COLUMN][,measured=MASK][,binarize] (e.g. "
+        "--modality rna=nb --modality prot=nb,obsm=protein_expression); measured= names a feature mask "
+        "(different panels per batch, e.g. from scamort.pp.concat_panels); with an .h5mu input the "
+        "NAMEs are its modalities",
     )
     fit.add_argument(
         "--pretrain-modality",
@@ -269,7 +271,7 @@ def _modality(text: str) -> tuple[str, object]:
     if not name or not parts:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize]")
     options: dict[str, object] = {"likelihood": parts[0]}
-    keys = {"layer": "layer", "obsm": "obsm_key", "present": "present_key"}
+    keys = {"layer": "layer", "obsm": "obsm_key", "present": "present_key", "measured": "measured_key"}
     for part in parts[1:]:
         key, _, value = part.partition("=")
         if key == "binarize" and not value:

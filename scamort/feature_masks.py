@@ -6,13 +6,23 @@ features, and the groups of features that differential expression tests on the s
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from scamort.data.cell_data import ModalityTensors
 from scamort.nn.decoder import NegativeBinomialMixtureDecoder
 
-__all__ = ["initialize_masked_background", "measured_feature_groups", "measured_share"]
+__all__ = [
+    "initialize_masked_background",
+    "measured_feature_groups",
+    "measured_share",
+    "restrict_to_measured",
+]
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -74,3 +84,42 @@ def measured_feature_groups(tensors: ModalityTensors) -> list[tuple[np.ndarray, 
             continue
         out.append((np.flatnonzero(group.reshape(-1) == code), column[pattern]))
     return out
+
+
+def restrict_to_measured(
+    tensors: ModalityTensors,
+    groups: tuple[np.ndarray, np.ndarray],
+    scales: list[np.ndarray],
+    raw: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],
+    *,
+    sample: Callable[[np.ndarray], np.ndarray],
+    raw_statistics: Callable[[np.ndarray], dict[str, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Differential expression on measured cells only: for every group of features not measured in
+    all cells (:func:`measured_feature_groups`), replace, in place, each cell group's sampled
+    ``scales`` ``(n_samples, n_features)`` and ``raw`` statistics of those features by ones drawn
+    from the group's cells that measured them (``sample(cells)`` and ``raw_statistics(cell_mask)``).
+    A group with no such cell keeps its draws (imputed from all its cells).
+
+    ``groups`` are the two groups' cell masks ``(n_cells,)``. Returns the number of cells of each
+    group measured in each feature, two ``(n_features,)`` int64 arrays.
+    """
+    present = tensors.present.cpu().numpy()
+    counts = [np.full(tensors.n_features, int((mask & present).sum()), dtype=np.int64) for mask in groups]
+    for features, cells in measured_feature_groups(tensors):
+        for g, mask in enumerate(groups):
+            chosen = mask & cells & present
+            counts[g][features] = int(chosen.sum())
+            if not chosen.any():
+                logger.warning(
+                    "No cell of group %d measured %d features (e.g. position %d): their draws are imputed.",
+                    g + 1,
+                    features.size,
+                    int(features[0]),
+                )
+                continue
+            scales[g][:, features] = sample(np.flatnonzero(chosen))[:, features]
+            statistics = raw_statistics(chosen)
+            for key, values in statistics.items():
+                raw[g][key][features] = values[features]
+    return counts[0], counts[1]

@@ -22,12 +22,15 @@ def _named_inputs(adatas: Mapping[str, ad.AnnData] | Sequence[ad.AnnData]) -> di
     if isinstance(adatas, Mapping):
         named = {str(k): v for k, v in adatas.items()}
         if len(named) != len(adatas):
-            raise InputError("concat_panels: the batch names (the mapping's keys) must be distinct as strings.")
+            raise InputError(
+                "concat_panels: the batch names (the mapping's keys) must be distinct as strings."
+            )
     elif isinstance(adatas, Sequence) and not isinstance(adatas, str):
         named = {str(i): v for i, v in enumerate(adatas)}
     else:
         raise InputError(
-            f"concat_panels takes a mapping batch name -> AnnData or a list of AnnData, got {type(adatas).__name__}."
+            "concat_panels takes a mapping batch name -> AnnData or a list of AnnData, got "
+            f"{type(adatas).__name__}."
         )
     if len(named) < 1:
         raise InputError("concat_panels needs at least one AnnData.")
@@ -35,7 +38,9 @@ def _named_inputs(adatas: Mapping[str, ad.AnnData] | Sequence[ad.AnnData]) -> di
         if not isinstance(value, ad.AnnData):
             raise InputError(f"concat_panels: batch {key!r} is a {type(value).__name__}, not an AnnData.")
         if not value.var_names.is_unique:
-            raise InputError(f"concat_panels: batch {key!r} has duplicated var_names; make them unique first.")
+            raise InputError(
+                f"concat_panels: batch {key!r} has duplicated var_names; make them unique first."
+            )
     return named
 
 
@@ -130,9 +135,7 @@ def concat_panels(
             raise InputError(
                 f"concat_panels: batch {batch!r} already has an .obs column {label!r}; choose another label=."
             )
-    plain = {
-        b: ad.AnnData(X=a.X, obs=a.obs, var=a.var[[]], layers=dict(a.layers)) for b, a in named.items()
-    }
+    plain = {b: ad.AnnData(X=a.X, obs=a.obs, var=a.var[[]], layers=dict(a.layers)) for b, a in named.items()}
     out = ad.concat(plain, join="outer", label=label, index_unique=None, fill_value=0, merge=None)
     genes = _union([a.var_names for a in named.values()])
     out = out[:, genes].copy()

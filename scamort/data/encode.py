@@ -62,7 +62,7 @@ def encode_cells(
         matrix = align_features(source.counts, source.feature_names, entry.feature_names, where=source.where)
         patterns = source.measured
         if patterns is not None:
-            patterns = patterns.aligned(source.feature_names, entry.feature_names)
+            patterns = patterns.aligned(source.feature_names, entry.feature_names).for_present(source.present)
             matrix = drop_unmeasured(matrix, patterns)
         # An all-measured mask is no mask: the model is then exactly the unmasked one.
         measured[entry.name] = None if patterns is None or patterns.all_measured else patterns

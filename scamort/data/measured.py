@@ -68,6 +68,14 @@ class MeasuredPatterns:
         positions = pd.Index(list(names)).get_indexer(pd.Index(list(expected)))
         return MeasuredPatterns(np.ascontiguousarray(self.table[:, positions]), self.pattern)
 
+    def for_present(self, present: np.ndarray) -> MeasuredPatterns:
+        """The same patterns with every cell lacking the modality (``present`` ``(n_cells,)`` False) on
+        an all-measured one: their counts are never read, and no row of the mask is then empty."""
+        table = np.vstack([self.table, np.ones((1, self.table.shape[1]), dtype=bool)])
+        pattern = np.where(present, self.pattern, self.table.shape[0])
+        used, compact = np.unique(pattern, return_inverse=True)
+        return MeasuredPatterns(np.ascontiguousarray(table[used]), compact.reshape(-1).astype(np.int64))
+
     def expanded(self, rows: np.ndarray, n_cells: int) -> MeasuredPatterns:
         """Patterns of a container of ``n_cells`` whose cells ``rows`` are these; the other cells (absent
         from the modality, so never read) get an all-measured pattern."""
