@@ -67,6 +67,8 @@ examples:
   scamort fit cells.h5ad --out embedding.parquet     # only the embedding table
   scamort fit cite.h5ad --out cite_scamort.h5ad --batch-key batch \\
       --modality rna=nb --modality prot=nb,obsm=protein_expression
+  scamort fit panels.h5ad --out panels_scamort.h5ad --batch-key batch --modality rna=nb \
+      --modality prot=nbmixture,obsm=protein_expression,measured=protein_expression_measured
   scamort fit multiome.h5mu --out multiome_scamort.h5mu \\
       --modality rna=nb --modality atac=bernoulli_depth,binarize --pretrain-modality rna
 

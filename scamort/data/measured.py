@@ -149,13 +149,13 @@ def _from_matrix(
             f"{where} has shape {tuple(shape)} but the modality's counts are "
             f"({adata.n_obs}, {len(features)}); give one entry per cell and feature."
         )
-    dtype = raw.dtype
+    dtype = getattr(raw, "dtype", None)
     if dtype != np.bool_:
         raise InputError(
             f"{where} must be boolean (True where measured), got dtype {dtype}; convert it with "
             ".astype(bool)."
         )
-    matrix = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
+    matrix = sp.csr_matrix(raw).toarray() if sp.issparse(raw) else np.asarray(raw)
     return MeasuredPatterns.from_matrix(matrix.astype(bool, copy=False))
 
 
@@ -189,7 +189,7 @@ def refuse_empty_patterns(
     patterns: MeasuredPatterns, present: np.ndarray, cells: pd.Index, name: str, key: str
 ) -> None:
     """Refuse cells that have the modality but whose mask measures none of its features."""
-    empty = ~patterns.table.any(axis=1)[patterns.pattern] & present
+    empty = ~np.asarray(patterns.table.any(axis=1))[patterns.pattern] & present
     if empty.any():
         example = cells[np.flatnonzero(empty)[0]]
         raise InputError(

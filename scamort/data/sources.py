@@ -113,19 +113,19 @@ def read_modalities(data: ad.AnnData, modalities: Mapping[str, Modality]) -> dic
             present = np.zeros(data.n_obs, dtype=bool)
             present[rows] = True
             obs = data.obs
-            measured = _measured(member, modality, features, name)
-            if measured is not None:
-                measured = measured.expanded(rows, data.n_obs)
+            patterns = _measured(member, modality, features, name)
+            if patterns is not None:
+                patterns = patterns.expanded(rows, data.n_obs)
         else:
             counts, features, where = read_counts(data, modality, name)
             present = np.ones(data.n_obs, dtype=bool)
             obs = data.obs
-            measured = _measured(data, modality, features, name)
+            patterns = _measured(data, modality, features, name)
         if modality.present_key is not None:
             present &= _present_flag(obs, modality.present_key, name)
-        if measured is not None:
-            refuse_empty_patterns(measured, present, data.obs_names, name, str(modality.measured_key))
-        out[name] = ModalityCounts(counts, features, where, present, measured)
+        if patterns is not None:
+            refuse_empty_patterns(patterns, present, data.obs_names, name, str(modality.measured_key))
+        out[name] = ModalityCounts(counts, features, where, present, patterns)
     measured = np.zeros(data.n_obs, dtype=bool)
     for entry in out.values():
         measured |= entry.present
