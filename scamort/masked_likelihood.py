@@ -9,6 +9,10 @@ Two pieces, used by :class:`scamort.module.VAE` for a modality with a feature ma
 - :func:`masked_log_prob_rows`: ``sum_{g measured} log p(x_g)`` per cell, from the dense elementwise
   log-probability (every distribution's ``log_prob`` is checked against scipy oracles), so nothing
   unmeasured enters.
+- :func:`dropped_panel` (*panel dropout*, training only): with some probability a cell's encoder reads
+  only the features that it *and* another cell of the minibatch measured (when that leaves any), while
+  every measured feature is still reconstructed. The encoder so learns to place a cell alike whichever
+  panel measured it, and cells of batches with smaller panels mix with the others.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from scamort.distributions import (
     ZeroInflatedNegativeBinomial,
 )
 
-__all__ = ["log_measured_share", "masked_log_prob_rows", "renormalised"]
+__all__ = ["dropped_panel", "log_measured_share", "masked_log_prob_rows", "renormalised"]
 
 
 def log_measured_share(log_mean: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
@@ -75,9 +79,24 @@ def renormalised(distribution: CountDistribution, measured: torch.Tensor) -> Cou
 
 
 def masked_log_prob_rows(
-    distribution: CountDistribution, counts: SparseBatch, measured: torch.Tensor
+    distribution: CountDistribution, counts: SparseBatch, measured: torch.Tensor | None
 ) -> torch.Tensor:
     """Per-cell ``sum_{g measured} log p(x_g)``, ``(n_rows,)``; ``counts`` ``(n_rows, n_features)`` must
-    hold no entries where ``measured`` ``(n_rows, n_features)`` is False."""
+    hold no entries where ``measured`` ``(n_rows, n_features)`` is False. ``measured=None`` (every
+    feature measured) is ``distribution.log_prob_rows(counts)``, the fast sparse sum."""
+    if measured is None:
+        return distribution.log_prob_rows(counts)
     log_prob = distribution.log_prob(counts.to_dense())
     return torch.where(measured, log_prob, torch.zeros_like(log_prob)).sum(-1)
+
+
+def dropped_panel(measured: torch.Tensor | None, probability: float) -> torch.Tensor | None:
+    """The encoder's mask under panel dropout: ``measured`` ``(batch, n_features)`` bool with each
+    row, with ``probability``, intersected with another (random) row when that leaves a feature;
+    ``measured`` itself when it is None or ``probability`` is 0."""
+    if measured is None or probability <= 0:
+        return measured
+    n = measured.shape[0]
+    narrowed = measured & measured[torch.randperm(n, device=measured.device)]
+    dropped = torch.rand(n, device=measured.device) < probability
+    return torch.where((dropped & narrowed.any(1)).unsqueeze(1), narrowed, measured)

@@ -10,7 +10,7 @@ from torch import nn
 
 from scamort.data.cell_data import Minibatch
 from scamort.distributions import CountDistribution
-from scamort.masked_likelihood import masked_log_prob_rows, renormalised
+from scamort.masked_likelihood import dropped_panel, masked_log_prob_rows, renormalised
 from scamort.nn import CountDecoder, GaussianEncoder, product_of_experts
 from scamort.nn.classifier import PatternClassifier, presence_pattern
 from scamort.nn.decoder import DepthBernoulliDecoder, NegativeBinomialMixtureDecoder
@@ -81,16 +81,9 @@ class ModuleConfig:
         :class:`scamort.nn.classifier.PatternClassifier` to tell each cell's set of measured
         modalities from its posterior mean (shared dimensions), and add ``mixing_weight ×`` the
         encoders' loss for fooling it (MULTIVI's adversarial mixing). 0: off. Not part of the ELBO.
-    masked
-        Names of the modalities with a feature mask (``Modality.measured_key``): their encoders also
-        read which features were unmeasured, and their likelihoods skip those features
-        (:mod:`scamort.masked_likelihood`).
-    panel_dropout
-        During training, the probability that a masked modality's encoder reads a cell on a smaller
-        panel: its measured features intersected with those of another cell of the minibatch (when
-        that leaves any), while every measured feature is still reconstructed. This trains the
-        encoder to place a cell alike whichever panel measured it, so cells of batches with smaller
-        panels mix with the others.
+    masked, panel_dropout
+        Modalities with a feature mask (``Modality.measured_key``), and the training-time probability
+        that their encoders read a cell on a narrower panel (:mod:`scamort.masked_likelihood`).
     """
 
     modalities: tuple[tuple[str, int, str], ...]
@@ -250,14 +243,8 @@ class VAE(nn.Module):
         self.decoders = nn.ModuleDict()
         for (name, n_features, likelihood), size in zip(config.modalities, private, strict=True):
             width = config.n_shared + size
-            self.encoders[name] = GaussianEncoder(
-                n_features,
-                width,
-                config.n_hidden,
-                config.n_layers,
-                config.dropout_rate,
-                masked=name in config.masked,
-            )
+            shape = (config.n_hidden, config.n_layers, config.dropout_rate)
+            self.encoders[name] = GaussianEncoder(n_features, width, *shape, masked=name in config.masked)
             self.decoders[name] = _decoder(config, width, n_features, likelihood)
         # Which latent dimensions each expert speaks to (None: all); not saved with the weights.
         dims = None
@@ -329,9 +316,7 @@ class VAE(nn.Module):
         means, log_variances = [], []
         for name in names:
             modality = batch.modalities[name]
-            measured = modality.measured
-            if measured is not None and self.training and self.config.panel_dropout > 0:
-                measured = self._dropped_panel(measured)
+            measured = dropped_panel(modality.measured, self.config.panel_dropout if self.training else 0.0)
             mean, log_variance = self.encoders[name](modality.counts, measured)
             means.append(self._widen(mean, name))
             log_variances.append(self._widen(log_variance, name))
@@ -348,14 +333,6 @@ class VAE(nn.Module):
         single = torch.nn.functional.one_hot(chosen, present.shape[0]).T.bool() & present
         dropped = torch.rand(present.shape[1], device=present.device) < self.config.modality_dropout
         return torch.where(dropped, single, present)
-
-    def _dropped_panel(self, measured: torch.Tensor) -> torch.Tensor:
-        """Training-time encoder mask with panel dropout (see :class:`ModuleConfig`), ``(batch,
-        n_features)`` bool from the cells' own ``measured``."""
-        n = measured.shape[0]
-        narrowed = measured & measured[torch.randperm(n, device=measured.device)]
-        dropped = torch.rand(n, device=measured.device) < self.config.panel_dropout
-        return torch.where((dropped & narrowed.any(1)).unsqueeze(1), narrowed, measured)
 
     def _widen(self, values: torch.Tensor, name: str) -> torch.Tensor:
         """An encoder output ``(batch, n_shared + private)`` placed into the latent vector's width
@@ -388,8 +365,8 @@ class VAE(nn.Module):
         self, z: torch.Tensor, batch: Minibatch, name: str, log_library: torch.Tensor | None = None
     ) -> CountDistribution:
         """Modality ``name``'s distribution given ``z`` ``(batch, n_latent)``, at the cells' own log
-        library sizes or at ``log_library`` ``(batch,)``. Under a feature mask the cells' own library
-        covers measured features only, and the means are renormalised to it (:func:`renormalised`)."""
+        library sizes (under a feature mask renormalised to the measured features, :func:`renormalised`)
+        or at ``log_library`` ``(batch,)``."""
         distribution = self.decoders[name](
             self.decoder_input(z, name),
             log_library=batch.modalities[name].log_library if log_library is None else log_library,
@@ -407,10 +384,7 @@ class VAE(nn.Module):
         out = {}
         for name, distribution in self.generative(z, batch).items():
             modality = batch.modalities[name]
-            if modality.measured is None:
-                log_lik = distribution.log_prob_rows(modality.counts)
-            else:
-                log_lik = masked_log_prob_rows(distribution, modality.counts, modality.measured)
+            log_lik = masked_log_prob_rows(distribution, modality.counts, modality.measured)
             out[name] = torch.where(modality.present, log_lik, torch.zeros_like(log_lik))
         return out
 

@@ -47,7 +47,7 @@ class Modality:
         per-group boolean DataFrame groups × features in ``.uns`` whose ``index.name`` is the ``.obs``
         column of the groups (:func:`scamort.pp.concat_panels` writes one). Unmeasured entries are
         left out of the likelihood and the encoder, whatever is stored there; the library size counts
-        measured features only. Never guessed from zeros.
+        measured features only. Never guessed from zeros. See ``docs/guide/protein_panels.md``.
     """
 
     layer: str | None = None
