@@ -64,6 +64,8 @@ examples:
   scamort fit cells.h5ad --out embedding.parquet     # only the embedding table
   scamort fit cite.h5ad --out cite_scamort.h5ad --batch-key batch \\
       --modality rna=nb --modality prot=nb,obsm=protein_expression
+  scamort fit panels.h5ad --out panels_scamort.h5ad --batch-key batch --modality rna=nb \\
+      --modality prot=nbmixture,obsm=protein_expression,measured=protein_expression_measured
   scamort fit multiome.h5mu --out multiome_scamort.h5mu \\
       --modality rna=nb --modality atac=bernoulli_depth,binarize --pretrain-modality rna
 
@@ -187,8 +189,10 @@ def _add_fit_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         type=modality_spec,
         metavar="SPEC",
         help="model several modalities, one --modality per modality: "
-        "NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize] (e.g. --modality rna=nb "
-        "--modality prot=nb,obsm=protein_expression); with an .h5mu input the NAMEs are its modalities",
+        "NAME=LIKELIHOOD[,layer=L][,obsm=K][,present=COLUMN][,measured=MASK][,binarize] (e.g. "
+        "--modality rna=nb --modality prot=nb,obsm=protein_expression); measured= names a feature mask "
+        "(different panels per batch, e.g. from scamort.pp.concat_panels); with an .h5mu input the "
+        "NAMEs are its modalities",
     )
     fit.add_argument(
         "--pretrain-modality",
@@ -258,15 +262,20 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def modality_spec(text: str) -> tuple[str, object]:
-    """Parse ``NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize]`` into ``(name, scamort.Modality)``."""
+    """Parse ``NAME=LIKELIHOOD[,layer=L][,obsm=K][,present=COLUMN][,measured=MASK][,binarize]``.
+
+    Returns ``(name, scamort.Modality)``.
+    """
     from scamort.data.modality import Modality
 
     name, _, rest = text.partition("=")
     parts = [p for p in rest.split(",") if p]
     if not name or not parts:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=LIKELIHOOD[,layer=L][,obsm=K][,binarize]")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME=LIKELIHOOD[,layer=L][,obsm=K][,present=COLUMN][,measured=MASK][,binarize]"
+        )
     options: dict[str, Any] = {"likelihood": parts[0]}
-    keys = {"layer": "layer", "obsm": "obsm_key", "present": "present_key"}
+    keys = {"layer": "layer", "obsm": "obsm_key", "present": "present_key", "measured": "measured_key"}
     for part in parts[1:]:
         key, _, value = part.partition("=")
         if key == "binarize" and not value:

@@ -43,6 +43,7 @@ from scamort.de_statistics import (
     vanilla_statistics,
 )
 from scamort.errors import InputError
+from scamort.feature_masks import restrict_to_measured
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -311,6 +312,10 @@ def differential_expression(
             Called DE under posterior expected FDR control at ``fdr_target``.
         ``delta`` (``"change"``), ``pseudocount``
             The values used.
+        ``n_cells_measured1``, ``n_cells_measured2``
+            Cells of each group measured in the feature. Under a feature mask
+            (``Modality(measured_key=...)``) a feature's draws and raw statistics come from these
+            cells only; where a group has none, its draws are imputed from all its cells.
         ``group1``, ``group2``
             The compared groups (``"rest"`` when ``group2`` is ``None``).
 
@@ -370,6 +375,16 @@ def differential_expression(
         for mask in (mask1, mask2)
     ]
     raw1, raw2 = (_raw_statistics(data, name, mask) for mask in (mask1, mask2))
+    n_measured = restrict_to_measured(
+        data.modalities[name],
+        (mask1, mask2),
+        scales,
+        (raw1, raw2),
+        sample=lambda cells: _sample_scales(
+            model, data, cells, modality=name, n_samples=int(n_samples), batch_codes=codes, rng=rng
+        ),
+        raw_statistics=lambda cells: _raw_statistics(data, name, cells),
+    )
     if pseudocount is None:
         pseudocount = estimate_pseudocount(
             scales[0],
@@ -394,6 +409,7 @@ def differential_expression(
         columns[f"is_de_fdr_{fdr_target}"] = fdr_de_flags(columns["proba_de"], fdr_target)
         columns["delta"] = float(delta)
     columns["pseudocount"] = float(pseudocount)
+    columns["n_cells_measured1"], columns["n_cells_measured2"] = n_measured
     columns["group1"], columns["group2"] = label1, label2
 
     table = pd.DataFrame(columns, index=pd.Index(model.registry.modality(name).feature_names))

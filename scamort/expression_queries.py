@@ -18,6 +18,7 @@ import pandas as pd
 from scamort import inference
 from scamort._checks import check_whole_number, is_real_number
 from scamort.errors import InputError
+from scamort.feature_masks import measured_share
 from scamort.model_parts import Indices, ModelParts, SelectedCells
 
 __all__ = [
@@ -145,6 +146,9 @@ def impute(
     if likelihood == "bernoulli":  # probabilities; float64 like the expected counts below
         return _feature_frame(parts, proportions.astype(np.float64), cells.names, name)
     expected = proportions * library_sizes(parts, cells, name)[:, None]
+    expected = (
+        expected / measured_share(proportions, cells.data.modalities[name], cells.index, likelihood)[:, None]
+    )
     if likelihood == "bernoulli_depth":
         expected = -np.expm1(-expected)
     return _feature_frame(parts, expected, cells.names, name)

@@ -155,6 +155,7 @@ def repeat_minibatch(batch: Minibatch, n: int) -> Minibatch:
             counts=modality.counts.repeat(n),
             log_library=modality.log_library[index],
             present=modality.present[index],
+            measured=None if modality.measured is None else modality.measured[index],
         )
         for name, modality in batch.modalities.items()
     }

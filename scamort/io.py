@@ -18,10 +18,14 @@ from scamort.paths import check_writable_folder, nearest_existing_folder
 from scamort.replace_journal import recover, staged_replacement
 from scamort.saved_format import read_spec, read_weights, validate_spec
 
-__all__ = ["FORMAT_VERSION", "SavedModel", "check_save_target", "load", "save"]
+__all__ = ["FORMAT_VERSION", "READABLE_FORMATS", "SavedModel", "check_save_target", "load", "save"]
 
 #: Version of the on-disk layout; bump when a change would make old files load wrongly.
-FORMAT_VERSION = 1
+#: 2: a modality may carry a feature mask spec (``measured_key``) and its encoder the weights of
+#: unmeasured features; format 1 files (no masks) load unchanged.
+FORMAT_VERSION = 2
+#: Formats this scamort reads.
+READABLE_FORMATS = (1, 2)
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 
@@ -131,7 +135,7 @@ def load(dir_path: str | Path) -> SavedModel:
         raise FileNotFoundError(f"{path} is not a saved scamort model (no {SPEC_FILE} in it).")
     spec = read_spec(spec_path)
     version = spec.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         advice = (
             "upgrade scamort to load it"
             if isinstance(version, int) and version > FORMAT_VERSION
@@ -139,7 +143,7 @@ def load(dir_path: str | Path) -> SavedModel:
         )
         raise InputError(
             f"{path} uses save format {version} (scamort {spec.get('scamort_version')}); this "
-            f"scamort ({__version__}) reads format {FORMAT_VERSION}: {advice}."
+            f"scamort ({__version__}) reads formats {', '.join(map(str, READABLE_FORMATS))}: {advice}."
         )
     problem = validate_spec(spec)
     if problem is not None:

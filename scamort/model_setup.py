@@ -19,8 +19,10 @@ import torch
 from scamort._checks import check_whole_number, is_real_number
 from scamort.data import CellData, Modality, Registry, build_registry, encode_cells
 from scamort.data.backed import BackedCellData, is_backed
+from scamort.data.measured import refuse_unmeasured_features
 from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
 from scamort.errors import InputError
+from scamort.feature_masks import initialize_masked_background
 from scamort.module import VAE, ModuleConfig
 from scamort.nn import DISPERSIONS
 from scamort.nn.decoder import NegativeBinomialMixtureDecoder
@@ -209,6 +211,9 @@ def register(
                     f"Modality {name!r} has no measured cells, so there is nothing to learn it from; "
                     "drop it from modalities= or add cells that have it."
                 )
+            if entry.measured is not None:
+                key = str(modalities[name].measured_key)
+                refuse_unmeasured_features(entry.measured, entry.present, entry.feature_names, name, key)
         features = {name: read[name].feature_names for name in modalities}
     registry = build_registry(
         {name: (m, features[name]) for name, m in modalities.items()},
@@ -244,6 +249,8 @@ def module_config(registry: Registry, params: Mapping[str, Any]) -> ModuleConfig
         library_heads=params.get("library_heads", False),
         private_dims=private_dims,
         mixing_weight=params.get("mixing_weight", 0.0),
+        masked=tuple(m.name for m in registry.modalities if m.modality.measured_key is not None),
+        panel_dropout=params["modality_dropout"],
     )
 
 
@@ -295,4 +302,8 @@ def initialize_from_data(module: VAE, data: CellData | BackedCellData, max_cells
         sample = data.take(rows)
         counts = sample.modalities[name].rows(0, rows.shape[0]).to_dense()
         library = counts.sum(1, keepdim=True).clamp(min=1)
-        decoder.initialize_background((counts + 0.5) / library, sample.batch_index)
+        measured = sample.modalities[name].measured_rows(0, rows.shape[0])
+        if measured is None:
+            decoder.initialize_background((counts + 0.5) / library, sample.batch_index)
+        else:
+            initialize_masked_background(decoder, counts, measured, sample.batch_index)

@@ -14,6 +14,7 @@ from torch import nn
 
 from scamort.data.cell_data import Minibatch
 from scamort.distributions import CountDistribution
+from scamort.masked_likelihood import dropped_panel, masked_log_prob_rows, renormalised
 from scamort.nn import CountDecoder, GaussianEncoder, product_of_experts
 from scamort.nn.classifier import PatternClassifier, presence_pattern
 from scamort.nn.decoder import DepthBernoulliDecoder, NegativeBinomialMixtureDecoder
@@ -92,6 +93,9 @@ class ModuleConfig:
         :class:`scamort.nn.classifier.PatternClassifier` to tell each cell's set of measured
         modalities from its posterior mean (shared dimensions), and add ``mixing_weight ×`` the
         encoders' loss for fooling it (MULTIVI's adversarial mixing). 0: off. Not part of the ELBO.
+    masked, panel_dropout
+        Modalities with a feature mask (``Modality.measured_key``), and the training-time probability
+        that their encoders read a cell on a narrower panel (:mod:`scamort.masked_likelihood`).
     """
 
     modalities: tuple[tuple[str, int, str], ...]
@@ -108,6 +112,8 @@ class ModuleConfig:
     library_heads: bool = False
     private_dims: tuple[int, ...] = ()
     mixing_weight: float = 0.0
+    masked: tuple[str, ...] = ()
+    panel_dropout: float = 0.0
 
     @property
     def n_shared(self) -> int:
@@ -188,9 +194,8 @@ class VAE(nn.Module):
         self.decoders = nn.ModuleDict()
         for (name, n_features, likelihood), size in zip(config.modalities, private, strict=True):
             width = config.n_shared + size
-            self.encoders[name] = GaussianEncoder(
-                n_features, width, config.n_hidden, config.n_layers, config.dropout_rate
-            )
+            shape = (config.n_hidden, config.n_layers, config.dropout_rate)
+            self.encoders[name] = GaussianEncoder(n_features, width, *shape, masked=name in config.masked)
             self.decoders[name] = _decoder(config, width, n_features, likelihood)
         # Which latent dimensions each expert speaks to (None: all); not saved with the weights.
         dims = None
@@ -261,7 +266,9 @@ class VAE(nn.Module):
         names = self.modality_names if modalities is None else tuple(modalities)
         means, log_variances = [], []
         for name in names:
-            mean, log_variance = self.encoders[name](batch.modalities[name].counts)
+            modality = batch.modalities[name]
+            measured = dropped_panel(modality.measured, self.config.panel_dropout if self.training else 0.0)
+            mean, log_variance = self.encoders[name](modality.counts, measured)
             means.append(self._widen(mean, name))
             log_variances.append(self._widen(log_variance, name))
         present = torch.stack([batch.modalities[name].present for name in names])
@@ -309,21 +316,26 @@ class VAE(nn.Module):
         self, z: torch.Tensor, batch: Minibatch, name: str, log_library: torch.Tensor | None = None
     ) -> CountDistribution:
         """Modality ``name``'s distribution given ``z`` ``(batch, n_latent)``, at the cells' own log
-        library sizes or at ``log_library`` ``(batch,)``."""
-        return self.decoders[name](
+        library sizes (under a feature mask renormalised to the measured features, :func:`renormalised`)
+        or at ``log_library`` ``(batch,)``."""
+        distribution = self.decoders[name](
             self.decoder_input(z, name),
             log_library=batch.modalities[name].log_library if log_library is None else log_library,
             batch_index=batch.batch_index,
             categorical=batch.categorical,
             continuous=batch.continuous,
         )
+        measured = batch.modalities[name].measured
+        if measured is not None and log_library is None:
+            distribution = renormalised(distribution, measured)
+        return distribution
 
     def reconstruction(self, z: torch.Tensor, batch: Minibatch) -> dict[str, torch.Tensor]:
         """``log p(x_m | z)`` per modality and cell (zero where absent), each ``(batch,)``."""
         out = {}
         for name, distribution in self.generative(z, batch).items():
             modality = batch.modalities[name]
-            log_lik = distribution.log_prob_rows(modality.counts)
+            log_lik = masked_log_prob_rows(distribution, modality.counts, modality.measured)
             out[name] = torch.where(modality.present, log_lik, torch.zeros_like(log_lik))
         return out
 

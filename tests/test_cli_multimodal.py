@@ -161,3 +161,28 @@ def test_fit_with_pretraining_and_a_bad_pretrain_modality(tmp_path: Path, capsys
     assert code == 2 and len(err.splitlines()) == 1
     assert "pretrain_modality='atac' is not supported; choose one of rna, prot" in err
     assert not (tmp_path / "bad.h5ad").exists()
+
+
+def test_fit_with_a_protein_panel_mask(tmp_path: Path, capsys) -> None:
+    import scamort
+    from tests.test_feature_masks import HIDDEN, make_cite
+
+    adata = make_cite()
+    in_b1 = adata.obs["batch"] == "b1"
+    parts = {}
+    for name, rows in (("b0", ~in_b1), ("b1", in_b1)):
+        part = adata[rows.to_numpy()]
+        piece = ad.AnnData(part.X.copy(), obs=part.obs[["cell_type"]].copy(), var=part.var[[]])
+        protein = part.obsm["protein"]
+        piece.obsm["protein"] = protein.drop(columns=HIDDEN) if name == "b1" else protein.copy()
+        parts[name] = piece
+    scamort.pp.concat_panels(parts, obsm_keys=["protein"]).write_h5ad(tmp_path / "panels.h5ad")
+    spec = "prot=nbmixture,obsm=protein,measured=protein_measured"
+    arguments = ["fit", str(tmp_path / "panels.h5ad"), "--out", str(tmp_path / "out.h5ad")]
+    arguments += ["--batch-key", "batch", "--modality", "rna=nb", "--modality", spec]
+    arguments += ["--epochs", "2", "--no-progress", "--model-dir", str(tmp_path / "model")]
+    code = main(arguments)
+    assert code == 0, capsys.readouterr().err
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obsm["X_scamort"].shape == (adata.n_obs, 10)
+    loaded = scamort.Model.load(tmp_path / "model", ad.read_h5ad(tmp_path / "panels.h5ad"))
+    assert loaded.registry.modality("prot").modality.measured_key == "protein_measured"

@@ -181,6 +181,8 @@ def test_columns_index_and_no_mutation(trained: tuple[scamort.Model, ad.AnnData]
         "is_de_fdr_0.05",
         "delta",
         "pseudocount",
+        "n_cells_measured1",
+        "n_cells_measured2",
         "group1",
         "group2",
     }

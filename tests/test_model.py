@@ -110,7 +110,7 @@ def test_query_cells_in_any_order_give_the_same_latent(trained) -> None:
 def test_save_load_round_trip_is_exact(trained, tmp_path) -> None:
     trained.save(tmp_path / "model")
     spec = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert spec["scamort_version"] == scamort.__version__ and spec["format_version"] == 1
+    assert spec["scamort_version"] == scamort.__version__ and spec["format_version"] == 2
     loaded = scamort.Model.load(tmp_path / "model", trained.adata)
     np.testing.assert_array_equal(loaded.get_latent_representation(), trained.get_latent_representation())
     pd.testing.assert_frame_equal(loaded.history, trained.history)

@@ -28,6 +28,7 @@ PUBLIC_MODULES: dict[str, types.ModuleType] = {
     "scamort.tl": scamort.tl,
     "scamort.pl": scamort.pl,
     "scamort.datasets": scamort.datasets,
+    "scamort.pp": scamort.pp,
     "scamort.differential": scamort.differential,
 }
 
@@ -178,6 +179,8 @@ def test_anndata_comes_first_as_adata(name: str, obj: Any) -> None:
     if not takes or name.startswith("scamort.differential."):
         # differential_expression(model, adata=None, ...) is a model query (it backs the
         # Model.differential_expression method), like Model.get_latent_representation(adata).
+        return
+    if params[0].name == "adatas":  # several AnnData objects, as anndata.concat(adatas) takes them
         return
     assert params[0].name == "adata", f"{name} takes an AnnData ({takes}) but not first as `adata`"
 

@@ -114,6 +114,11 @@ class BackedCellData:
                 "Backed (out-of-core) AnnData works with a single modality read from .X; load the data "
                 "into memory (adata.to_memory()) for layers, obsm or several modalities."
             )
+        if registry.modalities[0].modality.measured_key is not None:
+            raise InputError(
+                "Backed (out-of-core) AnnData does not read feature masks (measured_key); load the data "
+                "into memory (adata.to_memory())."
+            )
 
     @classmethod
     def create(cls, adata: ad.AnnData, registry: Registry, covariates: CellData) -> BackedCellData:

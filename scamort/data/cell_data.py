@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from scamort.data.measured import MeasuredPatterns
 from scamort.data.sparse_batch import SparseBatch
 
 __all__ = ["CellData", "Minibatch", "ModalityBatch", "ModalityTensors", "cell_keys"]
@@ -34,6 +35,10 @@ class ModalityTensors:
         other count-dependent terms of the likelihoods, which float32 cannot resolve for large counts.
     present
         Whether each cell was measured in this modality, shape ``(n_cells,)`` (bool).
+    measured_table, measured_pattern
+        Feature-level mask (None: every feature measured): distinct patterns of measured features
+        ``(n_patterns, n_features)`` bool and each cell's pattern ``(n_cells,)`` int64. The counts
+        hold no entries under the mask and ``log_library`` sums measured features only.
     """
 
     indptr: torch.Tensor
@@ -43,10 +48,15 @@ class ModalityTensors:
     log_library: torch.Tensor
     log_factorial: torch.Tensor
     present: torch.Tensor
+    measured_table: torch.Tensor | None = None
+    measured_pattern: torch.Tensor | None = None
 
     @classmethod
-    def from_csr(cls, counts: sp.csr_matrix, present: np.ndarray) -> ModalityTensors:
-        """Copy a validated CSR matrix ``(n_cells, n_features)`` into tensors."""
+    def from_csr(
+        cls, counts: sp.csr_matrix, present: np.ndarray, measured: MeasuredPatterns | None = None
+    ) -> ModalityTensors:
+        """Copy a validated CSR matrix ``(n_cells, n_features)`` into tensors; ``measured`` (whose
+        unmeasured entries must already be dropped from ``counts``) travels with them."""
         counts = sp.csr_matrix(counts, copy=True)
         counts.sum_duplicates()
         values = counts.data.astype(np.float32)
@@ -63,7 +73,15 @@ class ModalityTensors:
             log_library=torch.tensor(np.log(np.maximum(library, 1.0)), dtype=torch.float32),
             log_factorial=torch.tensor(log_factorial, dtype=torch.float64),
             present=torch.as_tensor(np.asarray(present, dtype=bool)),
+            measured_table=None if measured is None else torch.as_tensor(measured.table),
+            measured_pattern=None if measured is None else torch.as_tensor(measured.pattern),
         )
+
+    def measured_rows(self, start: int, stop: int) -> torch.Tensor | None:
+        """The feature mask of rows ``start:stop``, ``(stop - start, n_features)`` bool, or None."""
+        if self.measured_table is None or self.measured_pattern is None:
+            return None
+        return self.measured_table[self.measured_pattern[start:stop]]
 
     def take(self, index: torch.Tensor) -> ModalityTensors:
         """The rows ``index`` (shape ``(n,)``, on this device), in that order, as new CSR tensors.
@@ -84,6 +102,8 @@ class ModalityTensors:
             log_library=self.log_library[index],
             log_factorial=self.log_factorial[index],
             present=self.present[index],
+            measured_table=self.measured_table,
+            measured_pattern=None if self.measured_pattern is None else self.measured_pattern[index],
         )
 
     def rows(self, start: int, stop: int, host_indptr: np.ndarray | None = None) -> SparseBatch:
@@ -117,6 +137,8 @@ class ModalityTensors:
             log_library=self.log_library.to(device),
             log_factorial=self.log_factorial.to(device),
             present=self.present.to(device),
+            measured_table=None if self.measured_table is None else self.measured_table.to(device),
+            measured_pattern=None if self.measured_pattern is None else self.measured_pattern.to(device),
         )
 
 
@@ -128,11 +150,13 @@ def _lgamma_plus_one(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ModalityBatch:
-    """One modality of a minibatch: counts ``(batch, n_features)``, log library and presence ``(batch,)``."""
+    """One modality of a minibatch: counts ``(batch, n_features)``, log library and presence ``(batch,)``,
+    and the feature mask ``(batch, n_features)`` bool (None: every feature measured)."""
 
     counts: SparseBatch
     log_library: torch.Tensor
     present: torch.Tensor
+    measured: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +271,7 @@ class CellData:
                     counts=tensors.rows(start, stop, host_indptrs.get(name)),
                     log_library=tensors.log_library[start:stop],
                     present=tensors.present[start:stop],
+                    measured=tensors.measured_rows(start, stop),
                 )
                 for name, tensors in self.modalities.items()
             },

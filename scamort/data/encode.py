@@ -9,6 +9,7 @@ import torch
 
 from scamort.data.backed import BackedCellData, check_backed_counts, is_backed
 from scamort.data.cell_data import CellData, ModalityTensors, cell_keys
+from scamort.data.measured import MeasuredPatterns, drop_unmeasured
 from scamort.data.reading import align_features
 from scamort.data.registry import Registry, category_codes
 from scamort.data.sources import ModalityCounts, read_modalities
@@ -55,9 +56,16 @@ def encode_cells(
         read = read_modalities(data, {m.name: m.modality for m in registry.modalities})
     counts: dict[str, sp.csr_matrix] = {}
     present: dict[str, np.ndarray] = {}
+    measured: dict[str, MeasuredPatterns | None] = {}
     for entry in registry.modalities:
         source = read[entry.name]
         matrix = align_features(source.counts, source.feature_names, entry.feature_names, where=source.where)
+        patterns = source.measured
+        if patterns is not None:
+            patterns = patterns.aligned(source.feature_names, entry.feature_names).for_present(source.present)
+            matrix = drop_unmeasured(matrix, patterns)
+        # An all-measured mask is no mask: the model is then exactly the unmasked one.
+        measured[entry.name] = None if patterns is None or patterns.all_measured else patterns
         if entry.modality.binarize:
             matrix = matrix.copy()
             matrix.data = (matrix.data > 0).astype(np.float32)
@@ -65,7 +73,7 @@ def encode_cells(
         counts[entry.name] = matrix
         present[entry.name] = source.present
     refuse_empty_cells(counts, present, data)
-    return _to_cell_data(data, registry, counts, present)
+    return _to_cell_data(data, registry, counts, present, measured)
 
 
 def _refuse_unaligned_backed(data: ad.AnnData, registry: Registry) -> None:
@@ -82,8 +90,10 @@ def _to_cell_data(
     registry: Registry,
     counts: dict[str, sp.csr_matrix],
     present: dict[str, np.ndarray],
+    measured: dict[str, MeasuredPatterns | None] | None = None,
 ) -> CellData:
     n = adata.n_obs
+    measured = measured or {}
     if registry.batch_key is not None:
         batch = category_codes(adata, registry.batch_key, registry.batch_categories, "batch_key")
     else:
@@ -101,7 +111,10 @@ def _to_cell_data(
         )
     ]
     return CellData(
-        modalities={name: ModalityTensors.from_csr(matrix, present[name]) for name, matrix in counts.items()},
+        modalities={
+            name: ModalityTensors.from_csr(matrix, present[name], measured.get(name))
+            for name, matrix in counts.items()
+        },
         batch_index=torch.as_tensor(batch),
         categorical=torch.as_tensor(np.stack(categorical, 1) if categorical else np.zeros((n, 0))).long(),
         continuous=torch.as_tensor(

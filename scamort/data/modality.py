@@ -40,6 +40,14 @@ class Modality:
         Optional boolean ``.obs`` column: ``False`` marks cells that were not measured in this
         modality (their counts are ignored). In a MuData, cells absent from the modality's AnnData are
         missing it anyway. All-zero counts never count as missing.
+    measured_key
+        Optional feature-level mask, for batches measured on different panels (see
+        :mod:`scamort.data.measured`): a boolean matrix cells × features, True where the feature was
+        measured, in ``.layers`` (counts in ``.X`` or a layer) or ``.obsm`` (counts in ``.obsm``), or a
+        per-group boolean DataFrame groups × features in ``.uns`` whose ``index.name`` is the ``.obs``
+        column of the groups (:func:`scamort.pp.concat_panels` writes one). Unmeasured entries are
+        left out of the likelihood and the encoder, whatever is stored there; the library size counts
+        measured features only. Never guessed from zeros. See ``docs/guide/protein_panels.md``.
     """
 
     layer: str | None = None
@@ -47,8 +55,11 @@ class Modality:
     likelihood: str = "nb"
     binarize: bool = False
     present_key: str | None = None
+    measured_key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.measured_key is not None and not (isinstance(self.measured_key, str) and self.measured_key):
+            raise InputError(f"measured_key must be a non-empty string or None, got {self.measured_key!r}.")
         if self.likelihood not in LIKELIHOODS:
             raise InputError(
                 f"Unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}."

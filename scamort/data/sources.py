@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scamort.data.measured import MeasuredPatterns, read_measured, refuse_empty_patterns
 from scamort.data.modality import Modality
 from scamort.data.reading import read_counts
 from scamort.errors import InputError
@@ -35,12 +36,15 @@ class ModalityCounts:
         A readable name of the source, for messages.
     present
         Whether each cell was measured in this modality, ``(n_cells,)`` bool.
+    measured
+        Which features each cell measured (``Modality.measured_key``), or None: all of them.
     """
 
     counts: sp.csr_matrix
     feature_names: list[str]
     where: str
     present: np.ndarray
+    measured: MeasuredPatterns | None = None
 
 
 def is_mudata(data: object) -> bool:
@@ -65,6 +69,16 @@ def _expand_rows(counts: sp.csr_matrix, rows: np.ndarray, n_cells: int) -> sp.cs
     source[rows] = np.arange(counts.shape[0])
     padded = sp.vstack([counts, sp.csr_matrix((1, counts.shape[1]), dtype=counts.dtype)]).tocsr()
     return padded[source]
+
+
+def _measured(
+    adata: ad.AnnData, modality: Modality, features: list[str], name: str
+) -> MeasuredPatterns | None:
+    if modality.measured_key is None:
+        return None
+    return read_measured(
+        adata, modality.measured_key, obsm=modality.obsm_key is not None, features=features, name=name
+    )
 
 
 def read_modalities(data: ad.AnnData, modalities: Mapping[str, Modality]) -> dict[str, ModalityCounts]:
@@ -99,13 +113,19 @@ def read_modalities(data: ad.AnnData, modalities: Mapping[str, Modality]) -> dic
             present = np.zeros(data.n_obs, dtype=bool)
             present[rows] = True
             obs = data.obs
+            patterns = _measured(member, modality, features, name)
+            if patterns is not None:
+                patterns = patterns.expanded(rows, data.n_obs)
         else:
             counts, features, where = read_counts(data, modality, name)
             present = np.ones(data.n_obs, dtype=bool)
             obs = data.obs
+            patterns = _measured(data, modality, features, name)
         if modality.present_key is not None:
             present &= _present_flag(obs, modality.present_key, name)
-        out[name] = ModalityCounts(counts, features, where, present)
+        if patterns is not None:
+            refuse_empty_patterns(patterns, present, data.obs_names, name, str(modality.measured_key))
+        out[name] = ModalityCounts(counts, features, where, present, patterns)
     measured = np.zeros(data.n_obs, dtype=bool)
     for entry in out.values():
         measured |= entry.present

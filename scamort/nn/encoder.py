@@ -31,10 +31,20 @@ class GaussianEncoder(nn.Module):
         Latent dimension.
     n_hidden, n_layers, dropout_rate
         Shape of the hidden MLP (``n_layers >= 1``, the first of them reading the counts).
+    masked
+        Whether the modality has a feature mask: the first layer then also reads which features were
+        not measured (their indicator times learned weights ``missing_weight``, ``(n_input, n_hidden)``,
+        starting at zero), so a missing feature reads differently from a zero count.
     """
 
     def __init__(
-        self, n_input: int, n_latent: int, n_hidden: int, n_layers: int, dropout_rate: float
+        self,
+        n_input: int,
+        n_latent: int,
+        n_hidden: int,
+        n_layers: int,
+        dropout_rate: float,
+        masked: bool = False,
     ) -> None:
         super().__init__()
         bound = 1 / math.sqrt(n_input)
@@ -43,16 +53,28 @@ class GaussianEncoder(nn.Module):
         self.input_activation = activation(n_hidden, dropout_rate)
         self.body = CovariateMLP(n_hidden, n_hidden, n_layers - 1, dropout_rate)
         self.head = nn.Linear(n_hidden, 2 * n_latent)
+        # Zeros, drawn from no random stream: the other weights start as they would without a mask.
+        self.missing_weight = nn.Parameter(torch.zeros(n_input, n_hidden)) if masked else None
 
-    def forward(self, counts: SparseBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expert for ``counts`` of ``(batch, n_input)``: mean and log-variance ``(batch, n_latent)``."""
+    def forward(
+        self, counts: SparseBatch, measured: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert for ``counts`` of ``(batch, n_input)``: mean and log-variance ``(batch, n_latent)``.
+
+        ``measured`` ``(batch, n_input)`` bool marks the measured features (None: all); counts
+        are read at measured features only."""
+        weights = torch.log1p(counts.values)
+        if measured is not None:  # whatever is stored at an unmeasured feature is not read
+            weights = torch.where(measured[counts.row, counts.col], weights, torch.zeros_like(weights))
         h = F.embedding_bag(
             counts.col,
             self.input_weight,
             counts.row_offsets,
             mode="sum",
-            per_sample_weights=torch.log1p(counts.values),
+            per_sample_weights=weights,
         )
+        if measured is not None and self.missing_weight is not None:
+            h = h + (~measured).to(h.dtype) @ self.missing_weight
         h = self.input_activation(h + self.input_bias)
         if len(self.body.layers):
             no_covariates = h.new_zeros(h.shape[0], 0)
