@@ -83,7 +83,7 @@ class Model:
         alone embeds cells well and imputes the other modalities. With a feature mask
         (``Modality(measured_key=...)``) it is also the probability that a cell's encoder reads only
         the features another cell of the minibatch measured too (panel dropout, see
-        :class:`scamort.module.ModuleConfig`).
+        ``scamort.module.ModuleConfig``).
     alignment_weight
         With several modalities: during training, add this weight times the symmetric KL between
         the single-modality posteriors of each cell measured in several modalities (warmed up like

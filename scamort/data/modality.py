@@ -42,7 +42,7 @@ class Modality:
         missing it anyway. All-zero counts never count as missing.
     measured_key
         Optional feature-level mask, for batches measured on different panels (see
-        :mod:`scamort.data.measured`): a boolean matrix cells × features, True where the feature was
+        ``scamort.data.measured``): a boolean matrix cells × features, True where the feature was
         measured, in ``.layers`` (counts in ``.X`` or a layer) or ``.obsm`` (counts in ``.obsm``), or a
         per-group boolean DataFrame groups × features in ``.uns`` whose ``index.name`` is the ``.obs``
         column of the groups (:func:`scamort.pp.concat_panels` writes one). Unmeasured entries are
