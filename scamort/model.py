@@ -32,7 +32,7 @@ from scamort.refine import (
     maybe_refine,
     refine_posteriors,
 )
-from scamort.train import TrainConfig, default_max_epochs, fit, resolve_device
+from scamort.train import TrainConfig, default_kl_warmup_epochs, default_max_epochs, fit, resolve_device
 from scamort.train.checkpoint import load_checkpoint, run_fingerprint
 from scamort.train.freeze import frozen
 
@@ -401,8 +401,8 @@ class Model:
         device
             ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         kl_warmup_epochs
-            Epochs of linear KL warm-up to weight 1; default a quarter of ``max_epochs`` (with
-            ``pretrain_modality``, in the first stage only).
+            Epochs of linear KL warm-up to weight 1; default a quarter of ``max_epochs``, at most 25
+            (with ``pretrain_modality``, in the first stage only).
         progress_bar
             Show a progress bar.
         checkpoint_dir, checkpoint_every
@@ -471,7 +471,9 @@ class Model:
         config = replace(
             as_given,
             lr=lr * (global_batch / 128) ** LR_SCALING_EXPONENTS[lr_scaling],
-            kl_warmup_epochs=max(1, max_epochs // 4) if kl_warmup_epochs is None else kl_warmup_epochs,
+            kl_warmup_epochs=(
+                default_kl_warmup_epochs(max_epochs) if kl_warmup_epochs is None else kl_warmup_epochs
+            ),
         )
         names = self.registry.modality_names
         if pretrain_modality is not None:
