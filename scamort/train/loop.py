@@ -208,7 +208,11 @@ def fit(
     validation_index = torch.as_tensor(validation_np, device=device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
-        module.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        module.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        eps=config.adam_eps,
+        fused=True,
     )
     progress = _Progress()
     fingerprint = run_fingerprint(module, data) if checkpoint_dir is not None else None
