@@ -44,7 +44,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from _common import RESULTS_DIR, environment_info, quiet_scvi, timed, warm_up_numba, write_json
-from multimodal import K_NEIGHBOURS, leiden_summary, pearson_summary
+from _multimodal_metrics import K_NEIGHBOURS, leiden_summary, pearson_summary
 from sklearn.neighbors import NearestNeighbors
 
 import scamort
