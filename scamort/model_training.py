@@ -41,7 +41,7 @@ PRETRAIN_FOLDER = "pretrain"
 def _derived(as_given: TrainConfig, lr_scaling: str, kl_warmup_epochs: int | None) -> TrainConfig:
     """The loop's configuration from the options as given: the learning rate scaled by the global batch
     (under torchrun each process takes ``batch_size``) and the KL warm-up defaulted to a quarter of the
-    epochs, at most 25."""
+    epochs."""
     global_batch = as_given.batch_size * int(os.environ.get("WORLD_SIZE", "1"))
     warmup = default_kl_warmup_epochs(as_given.max_epochs) if kl_warmup_epochs is None else kl_warmup_epochs
     return replace(
@@ -95,8 +95,8 @@ def train(
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     kl_warmup_epochs
-        Epochs of linear KL warm-up to weight 1; default a quarter of ``max_epochs``, at most 25
-        (with ``pretrain_modality``, in the first stage only).
+        Epochs of linear KL warm-up to weight 1; default a quarter of ``max_epochs`` (with
+        ``pretrain_modality``, in the first stage only).
     progress_bar
         Show a progress bar.
     checkpoint_dir, checkpoint_every
