@@ -62,8 +62,14 @@ class Model:
         Extra ``.obs`` columns the decoders condition on; continuous ones enter standardised with the
         training cells' mean and standard deviation (the same at query time), so their units do not
         matter.
-    n_latent, n_hidden, n_layers, dropout_rate
-        Latent dimension, hidden width, hidden layers per network, encoder dropout.
+    n_latent
+        Dimension of the shared latent space.
+    n_hidden
+        Width of each hidden layer of the encoders and decoders.
+    n_layers
+        Hidden layers per network.
+    dropout_rate
+        Dropout in the encoders.
     likelihood
         ``"nb"`` (negative binomial), ``"zinb"`` (zero-inflated NB) or ``"poisson"``. Only without
         ``modalities`` (each :class:`Modality` names its own).
