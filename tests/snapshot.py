@@ -12,6 +12,7 @@ a backed object the file's SHA-256; for a MuData the same for every modality plu
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-__all__ = ["assert_refused", "assert_unchanged", "count_optimizer_steps", "take"]
+__all__ = ["assert_refused", "assert_unchanged", "count_optimizer_steps", "deny_writing", "take"]
 
 
 def _array(values: np.ndarray) -> tuple:
@@ -177,3 +178,15 @@ def assert_refused(call, error: type[BaseException], match: str, *objects: Any) 
     message = str(caught.value)
     assert "Traceback" not in message and "\n" not in message.strip(), message
     return caught.value
+
+
+def deny_writing(monkeypatch: Any, folder: Path) -> None:
+    """Make ``folder`` read-only for scamort's checks (tests run as root, whom chmod does not stop)."""
+    real_access = os.access
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if Path(path).absolute() == folder.absolute() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)

@@ -149,7 +149,6 @@ def test_query_with_unseen_batch_or_missing_genes(counts_adata) -> None:
 # ======================================================================= issue 18: a hostile battery
 # Every case below: the exception type, a message naming what is at fault, no optimiser step, and the
 # user's objects deeply unchanged (tests/snapshot.py).
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -157,7 +156,7 @@ import torch  # noqa: E402
 
 from scamort.cli import main as cli_main  # noqa: E402
 from scamort.data.validation import MAX_COUNT  # noqa: E402
-from tests.snapshot import assert_refused  # noqa: E402
+from tests.snapshot import assert_refused, deny_writing  # noqa: E402
 
 TRAIN = {"max_epochs": 1, "progress_bar": False}
 
@@ -537,18 +536,6 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def _deny_writing(monkeypatch, folder: Path) -> None:
-    """Make ``folder`` read-only for scamort's checks (tests run as root, whom chmod does not stop)."""
-    real_access = os.access
-
-    def access(path, mode, *args, **kwargs):
-        if Path(path).absolute() == folder.absolute() and mode & os.W_OK:
-            return False
-        return real_access(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(os, "access", access)
-
-
 @pytest.mark.parametrize(
     "case",
     [
@@ -585,7 +572,7 @@ def test_cli_refuses_before_training(case, tmp_path, capsys, monkeypatch) -> Non
     elif case == "--out in a read-only folder":
         locked = tmp_path / "locked"
         locked.mkdir()
-        _deny_writing(monkeypatch, locked)
+        deny_writing(monkeypatch, locked)
         argv[3], pattern = str(locked / "result.h5ad"), r"locked/result\.h5ad cannot be written: its folder"
     elif case == "--out under /proc":  # not writable even for root: the check is tried for real
         if not Path("/proc/self").is_dir():
@@ -595,7 +582,7 @@ def test_cli_refuses_before_training(case, tmp_path, capsys, monkeypatch) -> Non
     else:
         locked = tmp_path / "locked"
         locked.mkdir()
-        _deny_writing(monkeypatch, locked)
+        deny_writing(monkeypatch, locked)
         argv += ["--model-dir", str(locked / "model")]
         pattern = r"locked/model cannot be written: its folder .*locked is not writable"
     before = source.read_bytes()

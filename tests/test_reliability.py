@@ -259,7 +259,7 @@ def test_likelihoods_are_exact_over_the_whole_count_range(counts, mu_offsets, lo
 # ---------------------------------------------------------------- checkpoints (issue 18)
 import shutil  # noqa: E402
 
-from tests.snapshot import assert_refused  # noqa: E402
+from tests.snapshot import assert_refused, deny_writing  # noqa: E402
 
 CKPT_OPTIONS = {"max_epochs": 1, "kl_warmup_epochs": 1, "early_stopping": False, "progress_bar": False}
 
@@ -420,19 +420,6 @@ def test_a_damaged_checkpoint_is_refused_in_one_sentence(case, finished_checkpoi
     )
 
 
-def _deny_writing(monkeypatch, folder: Path) -> None:
-    import os
-
-    real_access = os.access
-
-    def access(path, mode, *args, **kwargs):
-        if Path(path).absolute() == folder.absolute() and mode & os.W_OK:
-            return False
-        return real_access(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(os, "access", access)
-
-
 @pytest.mark.parametrize("case", ["a file", "inside a file", "read-only folder", "in a read-only folder"])
 def test_an_unusable_checkpoint_dir_is_refused_before_the_first_epoch(case, tmp_path, monkeypatch) -> None:
     afile = tmp_path / "notes.txt"
@@ -448,7 +435,7 @@ def test_an_unusable_checkpoint_dir_is_refused_before_the_first_epoch(case, tmp_
             r"checkpoint_dir .*locked/new/ckpt cannot be written: its folder .*locked is not writable",
         ),
     }[case]
-    _deny_writing(monkeypatch, locked)
+    deny_writing(monkeypatch, locked)
     adata = _ckpt_data()
     model = _ckpt_model(adata)
     assert_refused(
