@@ -57,7 +57,10 @@ TOOLS = ("scamort", "scvi")
 DATASETS = ("worm", "mouse_brain")
 LIKELIHOODS = ("nb", "zinb")
 PROTOCOLS = ("matched", "defaults")
-MOUSE_BRAIN_H5AD = Path("/work/shared/data/mouse_brain_10k_x_1000genes.h5ad")
+# The shared data folder beside the checkout (``../shared/data``), as on the project's machines.
+MOUSE_BRAIN_H5AD = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "mouse_brain_10k_x_1000genes.h5ad"
+)
 METRICS = ("heldout_elbo", "heldout_marginal_ll", "ari", "nmi", "train_seconds", "epochs_run")
 
 
