@@ -138,7 +138,8 @@ def prepare_query_module(module: VAE, mapping: Mapping[str, Any]) -> None:
         owner, attribute = _owner(module, name)
         weight = getattr(owner, attribute)
         parametrize.register_parametrization(owner, attribute, FrozenRows(weight[:n_reference]), unsafe=True)
-        owner.parametrizations[attribute].original.requires_grad_(True)
+        original = owner.get_parameter(f"parametrizations.{attribute}.original")
+        original.requires_grad_(True)
     n_reference, n_batch = int(mapping["reference_batches"]), module.config.n_batch
     if mapping["encoder_shift"] and n_batch > n_reference:
         for encoder in module.encoders.values():
