@@ -48,9 +48,9 @@ def _reference_parts(
     """The reference's ``init_params``, registry and weights (CPU), from a model or a saved folder."""
     if isinstance(reference, cls):
         if not reference.is_trained:
-            raise InputError("The reference model is not trained; train it (reference.train()) before mapping.")
+            raise InputError("The reference model is not trained; train it (reference.train()) first.")
         params, registry = reference.init_params, reference.registry
-        state = {name: tensor.detach().cpu().clone() for name, tensor in reference.module.state_dict().items()}
+        state = {name: t.detach().cpu().clone() for name, t in reference.module.state_dict().items()}
     elif isinstance(reference, str | Path):
         path = Path(reference)
         if not (path / io.SPEC_FILE).is_file():
@@ -66,7 +66,8 @@ def _reference_parts(
             state = module.state_dict()
     else:
         raise InputError(
-            f"reference must be a trained scamort.Model or the folder of a saved one, got {type(reference).__name__}."
+            "reference must be a trained scamort.Model or the folder of a saved one, got "
+            f"{type(reference).__name__}."
         )
     if "query_mapping" in params:
         raise InputError(
@@ -115,13 +116,12 @@ def _check_features(query: ad.AnnData, registry: Registry) -> None:
             )
     if not held:
         raise InputError(
-            f"The query holds none of the reference's modalities ({', '.join(map(repr, registry.modality_names))})."
+            "The query holds none of the reference's modalities "
+            f"({', '.join(map(repr, registry.modality_names))})."
         )
 
 
-def _categories_with_new(
-    query: ad.AnnData, key: str, known: tuple[str, ...], role: str
-) -> tuple[str, ...]:
+def _categories_with_new(query: ad.AnnData, key: str, known: tuple[str, ...], role: str) -> tuple[str, ...]:
     """The reference's categories followed by the query's new ones (NaN refused)."""
     if key not in query.obs.columns:
         raise InputError(
@@ -241,4 +241,3 @@ def load_query_data(
     model.module.eval()
     model.is_trained = True  # the weights are the trained reference's
     return model
-
