@@ -14,6 +14,7 @@ import torch
 
 import scamort
 from scamort.errors import InputError
+from scamort.reference_embedding import load_reference_embedding, save_reference_embedding
 from tests.conftest import make_counts
 from tests.snapshot import assert_refused, assert_unchanged, take
 
@@ -270,3 +271,22 @@ def test_bad_input_is_refused_in_one_sentence_before_any_work(data, reference, r
     # Mapping onto a query model.
     query_model = scamort.Model.load_query_data(query, reference_dir)
     assert_refused(lambda: scamort.Model.load_query_data(query, query_model), InputError, "itself a query")
+
+
+def test_reference_embedding_round_trips_through_the_folder(data, reference, tmp_path):
+    ref, _ = data
+    folder = tmp_path / "reference"
+    reference.save(folder)
+    path = save_reference_embedding(reference, folder, labels_key="cell_type")
+    stored = load_reference_embedding(folder)
+    assert np.array_equal(stored.obsm["X_scamort"], reference.get_latent_representation())
+    assert stored.obsm["X_scamort"].dtype == np.float32
+    assert list(stored.obs_names) == list(ref.obs_names)
+    assert list(stored.obs["cell_type"]) == list(ref.obs["cell_type"].astype(str))
+    assert list(stored.obs["batch"]) == list(ref.obs["batch"].astype(str))
+    assert path.stat().st_size < ref.n_obs * (4 * reference.n_latent + 200)
+    path.write_bytes(b"not a zip")
+    assert_refused(lambda: load_reference_embedding(folder), InputError, "damaged")
+    assert_refused(lambda: load_reference_embedding(tmp_path / "nothing"), FileNotFoundError, "not a saved")
+    other = scamort.Model(make_counts(n_genes=30), n_hidden=8)
+    assert_refused(lambda: save_reference_embedding(other, folder), InputError, "another model")
