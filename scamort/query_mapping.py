@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import anndata as ad
 import torch
@@ -31,26 +31,25 @@ from scamort.model_setup import module_config
 from scamort.module import VAE
 from scamort.query_surgery import grown_weights, query_state_dict
 
-if TYPE_CHECKING:
-    from scamort.model import Model
-
 __all__ = ["MIN_SHARED_FRACTION", "load_query_data"]
 
 logger = logging.getLogger(__name__)
+
+#: ``scamort.Model`` (not imported here: the model imports this module).
+ModelT = TypeVar("ModelT")
 
 #: A query must hold at least this fraction of the reference's features of each modality it has.
 MIN_SHARED_FRACTION = 0.5
 
 
-def _reference_parts(
-    cls: type[Model], reference: object
-) -> tuple[dict[str, Any], Registry, dict[str, torch.Tensor]]:
+def _reference_parts(cls: type, reference: Any) -> tuple[dict[str, Any], Registry, dict[str, torch.Tensor]]:
     """The reference's ``init_params``, registry and weights (CPU), from a model or a saved folder."""
     if isinstance(reference, cls):
-        if not reference.is_trained:
+        model: Any = reference
+        if not model.is_trained:
             raise InputError("The reference model is not trained; train it (reference.train()) first.")
-        params, registry = reference.init_params, reference.registry
-        state = {name: t.detach().cpu().clone() for name, t in reference.module.state_dict().items()}
+        params, registry = model.init_params, model.registry
+        state = {name: t.detach().cpu().clone() for name, t in model.module.state_dict().items()}
     elif isinstance(reference, str | Path):
         path = Path(reference)
         if not (path / io.SPEC_FILE).is_file():
@@ -162,14 +161,14 @@ def _query_registry(query: ad.AnnData, registry: Registry, batch_key: str | None
 
 
 def load_query_data(
-    cls: type[Model],
+    cls: type[ModelT],
     query: ad.AnnData,
-    reference: Model | str | Path,
+    reference: Any,
     *,
     batch_key: str | None = None,
     encoder_shift: bool = True,
     seed: int | None = None,
-) -> Model:
+) -> ModelT:
     """A query model: ``query``'s cells mapped onto a trained reference (scArches-style).
 
     The reference's weights are copied and frozen (the reference itself is not touched, and the
@@ -235,7 +234,7 @@ def load_query_data(
         "reference_batches": registry.n_batch,
         "encoder_shift": encoder_shift,
     }
-    model = cls.__new__(cls)
+    model: Any = cls.__new__(cls)
     model._setup(query, query_registry, params)
     model.module.load_state_dict(query_state_dict(state, model.module))
     model.module.eval()

@@ -15,7 +15,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -25,9 +25,6 @@ from scamort import io
 from scamort.data import Registry
 from scamort.errors import InputError
 
-if TYPE_CHECKING:
-    from scamort.model import Model
-
 __all__ = ["EMBEDDING_FILE", "load_reference_embedding", "save_reference_embedding"]
 
 #: The file in a saved model folder holding the reference cells' embedding.
@@ -35,7 +32,7 @@ EMBEDDING_FILE = "reference_embedding.npz"
 _KEYS = ("latent", "obs_names", "batch", "labels", "labels_key")
 
 
-def save_reference_embedding(model: Model, dir_path: str | Path, *, labels_key: str | None = None) -> Path:
+def save_reference_embedding(model: Any, dir_path: str | Path, *, labels_key: str | None = None) -> Path:
     """Write ``model``'s cells' latent means into the folder ``model`` was saved to.
 
     Parameters
