@@ -19,6 +19,7 @@ from scamort.cli_parser import (
     EPILOG,
     EXIT_USAGE,
     FIT_EPILOG,
+    MAP_EPILOG,
     build_parser,
     one_line,
 )
@@ -26,7 +27,7 @@ from scamort.cli_parser import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["DEMO_EPILOG", "EMBED_EPILOG", "EPILOG", "FIT_EPILOG", "build_parser", "main"]
+__all__ = ["DEMO_EPILOG", "EMBED_EPILOG", "EPILOG", "FIT_EPILOG", "MAP_EPILOG", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 

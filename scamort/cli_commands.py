@@ -1,4 +1,4 @@
-"""What each ``scamort`` command does once its arguments are parsed: ``demo``, ``fit`` and ``embed``.
+"""What each ``scamort`` command does once its arguments are parsed: ``demo``, ``fit``, ``embed``, ``map``.
 
 Each ``*_command`` takes the parsed :class:`argparse.Namespace` (built by :mod:`scamort.cli_parser`),
 checks the files it will read and write before any work, and raises ``ValueError``, ``KeyError`` or
@@ -15,13 +15,24 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["INPUT_SUFFIXES", "OUTPUT_SUFFIXES", "PROG", "demo_command", "embed_command", "fit_command"]
+__all__ = [
+    "INPUT_SUFFIXES",
+    "MAP_REFINE_STEPS",
+    "OUTPUT_SUFFIXES",
+    "PROG",
+    "demo_command",
+    "embed_command",
+    "fit_command",
+    "map_command",
+]
 
 logger = logging.getLogger(__name__)
 
 PROG = "scamort"
 OUTPUT_SUFFIXES = (".h5ad", ".h5mu", ".csv", ".parquet")
 INPUT_SUFFIXES = (".h5ad", ".h5mu")
+#: Refinement steps of ``scamort map --refine``.
+MAP_REFINE_STEPS = 20
 
 
 def demo_command(args: argparse.Namespace) -> None:
@@ -98,6 +109,36 @@ def embed_command(args: argparse.Namespace) -> None:
     model = scamort.Model.load(args.model_dir, adata)
     embed(adata, model, key_added=args.key_added, refine_steps=args.refine_steps)
     _write_result(adata, args.out, key=args.key_added)
+
+
+def map_command(args: argparse.Namespace) -> None:
+    """``scamort map``."""
+    import scamort
+    from scamort.export import check_key_added, embed
+    from scamort.io import SPEC_FILE, check_save_target
+
+    if not (args.reference_dir / SPEC_FILE).is_file():
+        raise FileNotFoundError(f"No saved model folder at {args.reference_dir} (no {SPEC_FILE} in it).")
+    check_key_added(args.key_added)
+    _check_output(args.out, overwrite=args.overwrite)
+    if args.model_dir is not None:
+        check_save_target(args.model_dir, overwrite=args.overwrite)
+    query = _read_h5ad(args.input)
+    _check_output_kind(query, args.out)
+    model = scamort.Model.load_query_data(query, args.reference_dir, batch_key=args.batch_key, seed=args.seed)
+    if any(parameter.requires_grad for parameter in model.module.parameters()):
+        history = model.train(
+            max_epochs=args.max_epochs, progress_bar=not args.no_progress, device=args.device
+        )
+        logger.info("Mapped the query in %d epochs.", len(history))
+    else:
+        logger.info("The query holds only the reference's batches: nothing to train.")
+    steps = MAP_REFINE_STEPS if args.refine and not args.refine_steps else args.refine_steps
+    embed(query, model, key_added=args.key_added, refine_steps=steps)
+    _write_result(query, args.out, key=args.key_added)
+    if args.model_dir is not None:
+        model.save(args.model_dir, overwrite=args.overwrite)
+        print(f"{PROG}: saved the query model to {args.model_dir}")
 
 
 def _read_h5ad(path: Path) -> AnnData:

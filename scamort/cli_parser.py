@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from scamort._version import __version__
-from scamort.cli_commands import PROG, demo_command, embed_command, fit_command
+from scamort.cli_commands import MAP_REFINE_STEPS, PROG, demo_command, embed_command, fit_command, map_command
 from scamort.demo import DEFAULT_EPOCHS, QUICK_EPOCHS
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "EPILOG",
     "EXIT_USAGE",
     "FIT_EPILOG",
+    "MAP_EPILOG",
     "build_parser",
     "modality_spec",
     "non_negative_int",
@@ -43,6 +44,7 @@ examples:
   scamort demo --quick --out /tmp/demo          # a fast smoke run
   scamort fit cells.h5ad --out cells_scamort.h5ad --batch-key sample --model-dir model/
   scamort embed model/ new_cells.h5ad --out new_cells_scamort.h5ad
+  scamort map model/ query.h5ad --out query_scamort.h5ad   # new batches: reference mapping
 
 then, in Python:
   sc.pp.neighbors(adata, use_rep="X_scamort"); sc.tl.umap(adata)
@@ -78,6 +80,15 @@ examples:
 
 the new cells need the genes (and batch column) the model was trained with."""
 
+MAP_EPILOG = """\
+examples:
+  scamort map atlas_model/ query.h5ad --out query_scamort.h5ad
+  scamort map atlas_model/ query.h5ad --out query_scamort.h5ad --batch-key sample \\
+      --max-epochs 50 --refine --model-dir query_model/
+
+the query's genes are matched by name: missing ones count as unmeasured, extra ones are dropped;
+its batches may be new (they get new weights) or the reference's; the reference stays as saved."""
+
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line: ``scamort: error: <message>``."""
@@ -89,7 +100,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the ``scamort`` argument parser with its ``demo``, ``fit`` and ``embed`` commands.
+    """Build the ``scamort`` argument parser with its ``demo``, ``fit``, ``embed`` and ``map`` commands.
 
     Returns
     -------
@@ -116,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(commands, common)
     _add_fit_parser(commands, common)
     _add_embed_parser(commands, common)
+    _add_map_parser(commands, common)
     return parser
 
 
@@ -224,6 +236,42 @@ def _add_embed_parser(commands: argparse._SubParsersAction, common: argparse.Arg
     embed.add_argument("input", type=Path, metavar="INPUT", help="an .h5ad (or .h5mu) file of raw counts")
     _add_output_arguments(embed)
     embed.set_defaults(handler=embed_command, base_verbosity=0)
+
+
+def _add_map_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``scamort map``."""
+    mapping = commands.add_parser(
+        "map",
+        parents=[common],
+        help="map query cells onto a saved reference model (new batches allowed)",
+        description=_paragraph(
+            "Map the cells of INPUT onto the reference model saved in REFERENCE_DIR (scArches-style: "
+            "the reference's weights stay frozen, the query's new batches get new weights, which are "
+            "trained on INPUT alone) and write INPUT with each cell's latent representation in "
+            ".obsm[KEY_ADDED] to --out. The reference's cells are not needed."
+        ),
+        epilog=MAP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mapping.add_argument("reference_dir", type=Path, metavar="REFERENCE_DIR", help="a saved scamort model")
+    mapping.add_argument("input", type=Path, metavar="INPUT", help="an .h5ad (or .h5mu) file of raw counts")
+    _add_output_arguments(mapping)
+    mapping.add_argument(
+        "--batch-key", metavar="K", help="the query's batch column (default: the reference's batch key)"
+    )
+    mapping.add_argument(
+        "--max-epochs", type=positive_int, metavar="N", help="maximum epochs (default: mapping's, 100)"
+    )
+    mapping.add_argument(
+        "--refine",
+        action="store_true",
+        help=f"refine each query cell's posterior ({MAP_REFINE_STEPS} steps) before taking its mean",
+    )
+    mapping.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    mapping.add_argument("--model-dir", type=Path, metavar="DIR", help="also save the query model here")
+    mapping.add_argument("--seed", type=non_negative_int, help="random seed (default: the reference's)")
+    mapping.add_argument("--no-progress", action="store_true", help="hide the training progress bar")
+    mapping.set_defaults(handler=map_command, base_verbosity=0)
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:

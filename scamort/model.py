@@ -38,6 +38,7 @@ from scamort.model_setup import DEFAULT_MIXING_WEIGHT as DEFAULT_MIXING_WEIGHT
 from scamort.model_setup import DEFAULT_N_PRIVATE_LATENT as DEFAULT_N_PRIVATE_LATENT
 from scamort.model_setup import build_module, init_params, register
 from scamort.module import VAE
+from scamort.query_mapping import load_query_data
 from scamort.refine import DEFAULT_LR, DEFAULT_N_SAMPLES, RefinementResult
 
 __all__ = ["Model"]
@@ -217,11 +218,11 @@ class Model:
         self,
         max_epochs: int | None = None,
         batch_size: int = 128,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-6,
+        lr: float | None = None,
+        weight_decay: float | None = None,
         train_size: float = 0.9,
         early_stopping: bool = True,
-        early_stopping_patience: int = 30,
+        early_stopping_patience: int | None = None,
         device: str = "auto",
         kl_warmup_epochs: int | None = None,
         progress_bar: bool = True,
@@ -251,6 +252,7 @@ class Model:
             lr_scaling=lr_scaling,
             max_seconds=max_seconds,
             pretrain_modality=pretrain_modality,
+            defaults=model_training.defaults_for(self.init_params),
         )
         self.history = result.history
         self.train_indices = result.train_indices
@@ -482,15 +484,12 @@ class Model:
     @classmethod
     @docstring_from(model_persistence.read_saved)
     def load(cls, dir_path: str | Path, adata: ad.AnnData, device: str = "auto") -> Model:
-        saved, target_device = model_persistence.read_saved(dir_path, adata, device)
-        model = cls.__new__(cls)
-        model._setup(adata, Registry.from_dict(saved.registry), saved.init_params)
-        model_persistence.restore_weights(model.module, saved, dir_path, target_device)
-        model.history = saved.history
-        model.train_indices = saved.split.get("train_indices")
-        model.validation_indices = saved.split.get("validation_indices")
-        model.is_trained = saved.is_trained
-        return model
+        return model_persistence.load_model(cls, dir_path, adata, device)
+
+    @classmethod
+    @docstring_from(load_query_data)
+    def load_query_data(cls, query: ad.AnnData, reference: Model | str | Path, **options: Any) -> Model:
+        return load_query_data(cls, query, reference, **options)
 
     def __repr__(self) -> str:
         return self._parts().describe(self.history, self.is_trained)

@@ -9,7 +9,7 @@ sentence. :func:`save_model` carries ``Model.save``'s docstring and :func:`read_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anndata as ad
 import numpy as np
@@ -24,7 +24,9 @@ from scamort.module import VAE
 from scamort.train import resolve_device
 from scamort.train.checkpoint import state_dict_problem
 
-__all__ = ["read_saved", "restore_weights", "save_model"]
+__all__ = ["load_model", "read_saved", "restore_weights", "save_model"]
+
+ModelT = TypeVar("ModelT")
 
 
 def read_saved(dir_path: str | Path, adata: ad.AnnData, device: str) -> tuple[io.SavedModel, torch.device]:
@@ -60,6 +62,20 @@ def read_saved(dir_path: str | Path, adata: ad.AnnData, device: str) -> tuple[io
         )
     target_device = resolve_device(device)
     return io.load(dir_path), target_device
+
+
+def load_model(cls: type[ModelT], dir_path: str | Path, adata: ad.AnnData, device: str) -> ModelT:
+    """``Model.load``: a model of class ``cls`` from ``dir_path`` attached to ``adata`` (see
+    :func:`read_saved`)."""
+    saved, target_device = read_saved(dir_path, adata, device)
+    model: Any = cls.__new__(cls)
+    model._setup(adata, Registry.from_dict(saved.registry), saved.init_params)
+    restore_weights(model.module, saved, dir_path, target_device)
+    model.history = saved.history
+    model.train_indices = saved.split.get("train_indices")
+    model.validation_indices = saved.split.get("validation_indices")
+    model.is_trained = saved.is_trained
+    return model
 
 
 def restore_weights(module: VAE, saved: io.SavedModel, dir_path: str | Path, device: torch.device) -> None:

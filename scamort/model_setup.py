@@ -26,6 +26,7 @@ from scamort.feature_masks import initialize_masked_background
 from scamort.module import VAE, ModuleConfig
 from scamort.nn import DISPERSIONS
 from scamort.nn.decoder import NegativeBinomialMixtureDecoder
+from scamort.query_surgery import prepare_query_module
 
 __all__ = [
     "DEFAULT_ALIGNMENT_WEIGHT",
@@ -282,6 +283,8 @@ def build_module(
     torch.manual_seed(params["seed"])
     module = VAE(module_config(registry, params))
     initialize_from_data(module, data)
+    if "query_mapping" in params:  # a query model: reference rows frozen (scamort.query_surgery)
+        prepare_query_module(module, params["query_mapping"])
     return data, module
 
 

@@ -10,10 +10,11 @@ with that modality's encoder frozen) and joins their histories. :func:`train`'s 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,13 +30,53 @@ from scamort.train.checkpoint import load_checkpoint, run_fingerprint
 from scamort.train.freeze import frozen
 from scamort.train.loop import TrainingResult
 
-__all__ = ["LR_SCALING_EXPONENTS", "PRETRAIN_FOLDER", "train"]
+__all__ = [
+    "LR_SCALING_EXPONENTS",
+    "PRETRAIN_FOLDER",
+    "QUERY_TRAIN_DEFAULTS",
+    "TrainDefaults",
+    "defaults_for",
+    "train",
+]
 
 #: ``lr_scaling`` rules: the learning rate is multiplied by ``(global batch / 128) ** exponent``.
 LR_SCALING_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
 
 #: Where ``train(pretrain_modality=..., checkpoint_dir=d)`` keeps the pretraining stage's checkpoint.
 PRETRAIN_FOLDER = "pretrain"
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """What ``Model.train`` uses for the options left at None.
+
+    Attributes
+    ----------
+    lr, weight_decay, early_stopping_patience
+        As :func:`train` takes them.
+    kl_warmup_epochs
+        None: a quarter of ``max_epochs``.
+    max_epochs
+        None: ``min(400, max(10, 8e6 / n_cells))``.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    early_stopping_patience: int = 30
+    kl_warmup_epochs: int | None = None
+    max_epochs: int | None = None
+
+
+#: A query model's (``Model.load_query_data``): the reference is trained, so no KL warm-up, and only
+#: the new batches' weights learn, so a larger step, no weight decay, a short run and little patience.
+QUERY_TRAIN_DEFAULTS = TrainDefaults(
+    lr=1e-2, weight_decay=0.0, early_stopping_patience=5, kl_warmup_epochs=0, max_epochs=100
+)
+
+
+def defaults_for(init_params: Mapping[str, Any]) -> TrainDefaults:
+    """The training defaults of a model with these ``init_params``: a query model's or the usual."""
+    return QUERY_TRAIN_DEFAULTS if "query_mapping" in init_params else TrainDefaults()
 
 
 def _derived(as_given: TrainConfig, lr_scaling: str, kl_warmup_epochs: int | None) -> TrainConfig:
@@ -59,11 +100,11 @@ def train(
     *,
     max_epochs: int | None,
     batch_size: int,
-    lr: float,
-    weight_decay: float,
+    lr: float | None,
+    weight_decay: float | None,
     train_size: float,
     early_stopping: bool,
-    early_stopping_patience: int,
+    early_stopping_patience: int | None,
     device: str,
     kl_warmup_epochs: int | None,
     progress_bar: bool,
@@ -72,6 +113,7 @@ def train(
     lr_scaling: str,
     max_seconds: float | None,
     pretrain_modality: str | None,
+    defaults: TrainDefaults = TrainDefaults(),
 ) -> TrainingResult:
     """Fit the model by minibatch stochastic variational inference.
 
@@ -82,16 +124,19 @@ def train(
     Parameters
     ----------
     max_epochs
-        Passes over the training cells; default ``min(400, max(10, 8e6 / n_cells))``.
+        Passes over the training cells; default ``min(400, max(10, 8e6 / n_cells))`` (a query model
+        of :meth:`load_query_data`: 100). A query model's defaults suit mapping: lr 1e-2, no
+        weight decay, no KL warm-up, patience 5 (``scamort.model_training.QUERY_TRAIN_DEFAULTS``).
     batch_size
         Cells per gradient step.
     lr, weight_decay
-        AdamW learning rate (for batches of 128 cells, see ``lr_scaling``) and weight decay.
+        AdamW learning rate (for batches of 128 cells, see ``lr_scaling``; default 1e-3) and weight
+        decay (default 1e-6). Only weights that learn are given to the optimizer.
     train_size
         Fraction of cells trained on; the rest forms the validation split.
     early_stopping, early_stopping_patience
         Stop once the validation ELBO has not improved for this many epochs after warm-up, keeping
-        the best weights.
+        the best weights (default patience 30).
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     kl_warmup_epochs
@@ -137,7 +182,19 @@ def train(
     ``train_size == 1``) and ``seconds``. With ``pretrain_modality`` both stages, one after the
     other (``epoch`` counting on), and a ``stage`` column: ``"pretrain"`` or ``"all"``.
     """
-    max_epochs = default_max_epochs(data.n_cells) if max_epochs is None else max_epochs
+    if max_epochs is None:
+        max_epochs = defaults.max_epochs or default_max_epochs(data.n_cells)
+    lr = defaults.lr if lr is None else lr
+    weight_decay = defaults.weight_decay if weight_decay is None else weight_decay
+    if early_stopping_patience is None:
+        early_stopping_patience = defaults.early_stopping_patience
+    if kl_warmup_epochs is None:
+        kl_warmup_epochs = defaults.kl_warmup_epochs
+    if not any(parameter.requires_grad for parameter in module.parameters()):
+        raise InputError(
+            "This query model has nothing to learn: its cells are all of the reference's batches and "
+            "categories, whose weights stay frozen; use it without train()."
+        )
     check_choice(lr_scaling, tuple(LR_SCALING_EXPONENTS), "lr_scaling")
     check_whole_number(checkpoint_every, "checkpoint_every")
     as_given = TrainConfig(  # checks the options as the user gave them, before any is derived

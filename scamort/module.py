@@ -268,7 +268,7 @@ class VAE(nn.Module):
         for name in names:
             modality = batch.modalities[name]
             measured = dropped_panel(modality.measured, self.config.panel_dropout if self.training else 0.0)
-            mean, log_variance = self.encoders[name](modality.counts, measured)
+            mean, log_variance = self.encoders[name](modality.counts, measured, batch.batch_index)
             means.append(self._widen(mean, name))
             log_variances.append(self._widen(log_variance, name))
         present = torch.stack([batch.modalities[name].present for name in names])

@@ -55,6 +55,7 @@ _INIT_OPTIONAL: dict[str, tuple[type, ...]] = {
     "library_heads": (bool,),
     "n_private_latent": (dict,),
     "mixing_weight": _NUMBER,
+    "query_mapping": (dict,),
 }
 _REGISTRY: dict[str, tuple[type, ...]] = {
     "modalities": (list,),
@@ -120,6 +121,8 @@ def _check_registry(registry: dict) -> str | None:
         is_pair = isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
         if not (is_pair and _all_strings(pair[1])):
             return "registry 'categorical_covariates' is not a list of [key, categories]"
+    if not isinstance(registry.get("query_alignment", False), bool):
+        return "registry 'query_alignment' is not true or false"
     scaling = registry.get("continuous_covariate_scaling", [])
     if not (
         isinstance(scaling, list)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scamort.cli import DEMO_EPILOG, EMBED_EPILOG, EPILOG, FIT_EPILOG, build_parser, main
+from scamort.cli import DEMO_EPILOG, EMBED_EPILOG, EPILOG, FIT_EPILOG, MAP_EPILOG, build_parser, main
 from scamort.demo import METRIC_KEYS
 
 matplotlib.use("Agg")
@@ -70,6 +70,10 @@ def test_help_lists_commands_and_examples(capsys: pytest.CaptureFixture[str]) ->
             ],
         ),
         ("embed", ["MODEL_DIR", "INPUT", "--out", "--key-added", "--refine-steps"]),
+        (
+            "map",
+            ["REFERENCE_DIR", "INPUT", "--out", "--batch-key", "--max-epochs", "--refine", "--model-dir"],
+        ),
     ],
 )
 def test_command_help_mentions_options(
@@ -89,7 +93,7 @@ def example_commands(epilog: str) -> list[list[str]]:
     return [words[1:] for words in lines if words[:1] == ["scamort"]]
 
 
-@pytest.mark.parametrize("epilog", [EPILOG, DEMO_EPILOG, FIT_EPILOG, EMBED_EPILOG])
+@pytest.mark.parametrize("epilog", [EPILOG, DEMO_EPILOG, FIT_EPILOG, EMBED_EPILOG, MAP_EPILOG])
 def test_every_help_example_parses(epilog: str) -> None:
     examples = example_commands(epilog)
     assert examples
@@ -277,3 +281,27 @@ def test_an_unexpected_failure_is_one_line_with_exit_code_1(
     source = write_counts(tmp_path / "in.h5ad")
     assert main(["fit", str(source), "--out", str(tmp_path / "o.h5ad"), *FAST]) == 1
     assert_one_line_error(capsys.readouterr().err, "unexpected RuntimeError: something inside broke", "-vv")
+
+
+def test_map_onto_a_saved_reference_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``scamort map`` maps a query with a new batch (and its genes in another order) onto a saved model."""
+    source = write_counts(tmp_path / "in.h5ad")
+    model_dir = tmp_path / "model"
+    fit = ["fit", str(source), "--out", str(tmp_path / "fitted.h5ad"), "--model-dir", str(model_dir)]
+    assert main([*fit, "--batch-key", "batch", *FAST]) == 0
+    query = ad.read_h5ad(write_counts(tmp_path / "query.h5ad", n_cells=40, seed=1))
+    query.obs["batch"] = pd.Categorical(["b3"] * 20 + ["b1"] * 20)
+    query = query[:, query.var_names[::-1]].copy()
+    query.write_h5ad(tmp_path / "query.h5ad")
+    out, query_dir = tmp_path / "query_scamort.h5ad", tmp_path / "query_model"
+    args = ["map", str(model_dir), str(tmp_path / "query.h5ad"), "--out", str(out), "--no-progress"]
+    assert main([*args, "--max-epochs", "3", "--refine", "--model-dir", str(query_dir)]) == 0
+    mapped = ad.read_h5ad(out)
+    assert mapped.obsm["X_scamort"].shape == (40, 3) and np.isfinite(mapped.obsm["X_scamort"]).all()
+    assert mapped.uns["X_scamort"]["params"]["refine_steps"] == 20
+    assert (query_dir / "model.json").is_file()
+    capsys.readouterr()
+    assert main([*args, "--overwrite", "--batch-key", "no_such_column"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "no_such_column")
+    assert main(["map", str(tmp_path / "nothing"), str(tmp_path / "query.h5ad"), "--out", str(out)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "No saved model folder")

@@ -10,6 +10,7 @@ import torch
 from scamort.data.backed import BackedCellData, check_backed_counts, is_backed
 from scamort.data.cell_data import CellData, ModalityTensors, cell_keys
 from scamort.data.measured import MeasuredPatterns, drop_unmeasured
+from scamort.data.query_reading import read_query_modalities
 from scamort.data.reading import align_features
 from scamort.data.registry import Registry, category_codes
 from scamort.data.sources import ModalityCounts, read_modalities
@@ -52,7 +53,9 @@ def encode_cells(
         modality = registry.modalities[0].modality
         check_backed_counts(data, binary=modality.is_binary and not modality.binarize)
         return BackedCellData.create(data, registry, _to_cell_data(data, registry, {}, {}))
-    if read is None:
+    if read is None and registry.query_alignment:
+        read = read_query_modalities(data, registry)
+    elif read is None:
         read = read_modalities(data, {m.name: m.modality for m in registry.modalities})
     counts: dict[str, sp.csr_matrix] = {}
     present: dict[str, np.ndarray] = {}

@@ -55,6 +55,10 @@ class Registry:
         ``(mean, standard deviation)`` of each continuous covariate over the training cells; the
         networks see ``(value - mean) / sd`` (sd 1 for a constant column), in training and queries alike,
         so a covariate's units do not matter. Models saved before this was recorded use ``(0, 1)``.
+    query_alignment
+        A query model's (:meth:`scamort.Model.load_query_data`): data is read against these features
+        by name, those it lacks unmeasured, extra ones dropped, a modality it lacks absent in every
+        cell (:mod:`scamort.data.query_reading`). False: every feature and modality must be there.
     """
 
     modalities: tuple[ModalityRegistry, ...]
@@ -65,6 +69,7 @@ class Registry:
     categorical_covariates: tuple[tuple[str, tuple[str, ...]], ...]
     continuous_covariate_keys: tuple[str, ...]
     continuous_covariate_scaling: tuple[tuple[float, float], ...] = ()
+    query_alignment: bool = False
 
     def __post_init__(self) -> None:
         if not self.continuous_covariate_scaling:  # older saves: the raw values
@@ -119,6 +124,7 @@ class Registry:
             continuous_covariate_scaling=tuple(
                 (float(mean), float(sd)) for mean, sd in data.get("continuous_covariate_scaling", ())
             ),
+            query_alignment=bool(data.get("query_alignment", False)),
         )
 
 

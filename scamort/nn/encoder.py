@@ -55,14 +55,20 @@ class GaussianEncoder(nn.Module):
         self.head = nn.Linear(n_hidden, 2 * n_latent)
         # Zeros, drawn from no random stream: the other weights start as they would without a mask.
         self.missing_weight = nn.Parameter(torch.zeros(n_input, n_hidden)) if masked else None
+        # A query model's per-new-batch shift of the first hidden layer (scamort.query_surgery), or None.
+        self.batch_shift: nn.Module | None = None
 
     def forward(
-        self, counts: SparseBatch, measured: torch.Tensor | None = None
+        self,
+        counts: SparseBatch,
+        measured: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert for ``counts`` of ``(batch, n_input)``: mean and log-variance ``(batch, n_latent)``.
 
         ``measured`` ``(batch, n_input)`` bool marks the measured features (None: all); counts
-        are read at measured features only."""
+        are read at measured features only. ``batch_index`` ``(batch,)`` is read by a query model's
+        batch shift only."""
         weights = torch.log1p(counts.values)
         if measured is not None:  # whatever is stored at an unmeasured feature is not read
             weights = torch.where(measured[counts.row, counts.col], weights, torch.zeros_like(weights))
@@ -75,7 +81,10 @@ class GaussianEncoder(nn.Module):
         )
         if measured is not None and self.missing_weight is not None:
             h = h + (~measured).to(h.dtype) @ self.missing_weight
-        h = self.input_activation(h + self.input_bias)
+        h = h + self.input_bias
+        if self.batch_shift is not None and batch_index is not None:
+            h = self.batch_shift(h, batch_index)
+        h = self.input_activation(h)
         if len(self.body.layers):
             no_covariates = h.new_zeros(h.shape[0], 0)
             h = self.body(h, no_covariates.long(), no_covariates)

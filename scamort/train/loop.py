@@ -208,7 +208,7 @@ def fit(
     validation_index = torch.as_tensor(validation_np, device=device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
-        module.parameters(),
+        [parameter for parameter in module.parameters() if parameter.requires_grad],
         lr=config.lr,
         weight_decay=config.weight_decay,
         eps=config.adam_eps,
