@@ -3,10 +3,10 @@
 A user who maps a query onto a saved reference (:meth:`scamort.Model.load_query_data`) has the folder
 but not the reference's cells. :func:`save_reference_embedding` writes, next to ``model.json``, the
 reference cells' latent means (float32) with their names, batches and optionally a label column
-(``reference_embedding.npz``, atomically: a temporary file renamed into place);
+(``reference_embedding.npz``, compressed, atomically: a temporary file renamed into place);
 :func:`load_reference_embedding` reads it back, validated against the folder's model, as an AnnData
 with ``.obsm["X_scamort"]``: concatenate it with the mapped query for a joint UMAP. It takes
-``4 × n_latent`` bytes per cell for the embedding plus the cells' names and labels.
+``4 × n_latent`` bytes per cell for the embedding (before compression) plus the cells' names and labels.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def save_reference_embedding(model: Any, dir_path: str | Path, *, labels_key: st
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".reference_embedding.", suffix=".npz")
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
+            np.savez_compressed(stream, **arrays)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
