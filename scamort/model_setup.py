@@ -293,7 +293,9 @@ def build_module(
     tuple
         The encoded cells and the VAE (on the CPU, in training mode).
     """
-    data: CellData | BackedCellData = attach_labels(encode_cells(adata, registry, read), adata, registry)
+    data: CellData | BackedCellData = encode_cells(adata, registry, read)
+    if "query_mapping" not in params:  # a query model keeps its reference's classifier as trained
+        data = attach_labels(data, adata, registry)
     torch.manual_seed(params["seed"])
     module = VAE(module_config(registry, params))
     initialize_from_data(module, data)
