@@ -1,10 +1,10 @@
 """Learning labels: codes attached to the data, the loss weighted, the classifier calibrated after training.
 
 A model built with ``labels_key`` learns its labels as scANVI does: a classifier
-(:class:`scamort.nn.label_classifier.LabelClassifier`, a submodule of the VAE) reads each cell's latent
+(``scamort.nn.label_classifier.LabelClassifier``, a submodule of the VAE) reads each cell's latent
 and its class-weighted cross-entropy on the labelled cells joins the training objective (cells with a
 missing label are unlabelled: they train the VAE only). At the end of :meth:`scamort.Model.train`,
-:func:`calibrate` fits, from the posterior means of the labelled cells:
+``calibrate`` fits, from the posterior means of the labelled cells:
 
 1. a Gaussian per label with one shared covariance (linear discriminant analysis), on the training
    split;

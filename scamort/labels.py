@@ -1,7 +1,7 @@
 """Label transfer: a model's reference labels predicted for any cells, with calibrated probabilities.
 
 A model built with ``labels_key`` carries a label classifier in its VAE
-(:class:`scamort.nn.label_classifier.LabelClassifier`, trained and calibrated as
+(``scamort.nn.label_classifier.LabelClassifier``, trained and calibrated as
 :mod:`scamort.label_calibration` describes). :func:`predict` reads each cell's posterior mean through
 the model's own encoders (a query model's too) and turns it into probabilities over the reference labels:
 the softmax of the classifier's logits over the fitted temperature, times the probability that the cell
@@ -31,17 +31,16 @@ from scamort.nn.label_classifier import LabelClassifier
 __all__ = [
     "DEFAULT_THRESHOLD",
     "expected_calibration_error",
-    "label_classifier",
     "predict",
     "probabilities",
     "transfer_labels",
 ]
 
-#: Recommended confidence threshold: cells whose largest label probability is below it are "unknown".
+#: The recommended confidence threshold; cells whose largest label probability is below it are "unknown".
 DEFAULT_THRESHOLD = 0.5
 
 
-def label_classifier(parts: ModelParts) -> LabelClassifier:
+def _classifier(parts: ModelParts) -> LabelClassifier:
     """The model's label classifier; refuse, in one sentence, a model that has none."""
     classifier = parts.module.label_classifier
     if classifier is None:
@@ -60,7 +59,7 @@ def probabilities(
     parts: ModelParts, adata: ad.AnnData | None, indices: Indices, batch_size: int
 ) -> pd.DataFrame:
     """Calibrated label probabilities, cells × reference labels (see :func:`predict`)."""
-    classifier = label_classifier(parts)
+    classifier = _classifier(parts)
     cells = parts.select(adata, indices)
     mean, _ = inference.latent(parts.module, cells.data, cells.index, batch_size=batch_size)
     classifier.eval()
