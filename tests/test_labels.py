@@ -211,3 +211,21 @@ def test_transfer_labels_refuses_bad_options(
         "unknown_label",
         query,
     )
+
+
+def test_query_model_carries_the_classifier_and_predicts_its_cells(
+    model: scamort.Model, split: tuple[ad.AnnData, ad.AnnData]
+) -> None:
+    query = split[1].copy()
+    query.obs["cell_type"] = "type0"  # labels of the query are never learned from
+    query_model = scamort.Model.load_query_data(query, model)
+    reference_state = model.module.label_classifier.state_dict()
+    for name, value in query_model.module.label_classifier.state_dict().items():
+        assert torch.equal(value.cpu(), reference_state[name].cpu()), name
+    assert query_model._data.labels is None  # the query's labels are not attached: never learned from
+    soft = query_model.predict(soft=True)  # its own cells, through its own encoders
+    np.testing.assert_array_equal(soft.to_numpy(), model.predict(query, soft=True).to_numpy())
+    assert soft.index.equals(query.obs_names) and list(soft.columns) == list(model.registry.label_categories)
+    known = (split[1].obs["cell_type"] != "type3").to_numpy()
+    accuracy = np.mean(query_model.predict()[known] == split[1].obs["cell_type"].to_numpy()[known])
+    assert accuracy > 0.9
