@@ -426,3 +426,58 @@ def differential_expression(
         ", batch-corrected" if codes != [None] else "",
     )
     return table
+
+
+def model_differential_expression(
+    model: DifferentialModel,
+    adata: ad.AnnData | None,
+    groupby: str | None,
+    group1: Any,
+    group2: Any | None,
+    mode: str,
+    delta: float,
+    batch_correction: bool,
+    **options: Any,
+) -> pd.DataFrame:
+    """Bayesian differential expression between two groups of cells (``group2=None``: the rest).
+
+    Posterior-sampled log fold changes, the probability of a change beyond ``delta`` (``mode=
+    "change"``) or of higher expression (``"vanilla"``), Bayes factors and posterior expected FDR
+    control; sorted by evidence. See :func:`scamort.differential.differential_expression` for the
+    other ``options`` (``modality``, ``n_samples``, ``fdr_target``, ``seed``) and the columns.
+
+    Parameters
+    ----------
+    adata
+        Cells to use (default: the training data); any AnnData/MuData with the model's features.
+    groupby
+        ``.obs`` column defining the groups.
+    group1, group2
+        The groups compared (``group2=None``: all other cells).
+    mode
+        ``"change"`` (probability of ``|LFC| > delta``) or ``"vanilla"`` (probability of higher
+        expression).
+    delta
+        Smallest absolute log fold change that counts as a change.
+    batch_correction
+        Average the expression over the model's batches (decoding each cell in every batch).
+    **options
+        Passed on: ``modality``, ``n_samples``, ``pseudocount``, ``fdr_target``, ``seed``.
+
+    Returns
+    -------
+    DataFrame indexed by feature.
+    """
+    if groupby is None or group1 is None:
+        raise InputError("differential_expression needs groupby= (an .obs column) and group1=.")
+    return differential_expression(
+        model,
+        adata,
+        groupby=groupby,
+        group1=group1,
+        group2=group2,
+        mode=mode,
+        delta=delta,
+        batch_correction=batch_correction,
+        **options,
+    )

@@ -31,7 +31,7 @@ from scamort.amortization_gap import AmortizationGap
 from scamort.data import Modality, Registry
 from scamort.data.backed import EncodedCells
 from scamort.data.sources import ModalityCounts
-from scamort.errors import InputError
+from scamort.labels import predict as predict_labels
 from scamort.model_parts import ModelParts
 from scamort.model_setup import DEFAULT_ALIGNMENT_WEIGHT as DEFAULT_ALIGNMENT_WEIGHT
 from scamort.model_setup import DEFAULT_MIXING_WEIGHT as DEFAULT_MIXING_WEIGHT
@@ -58,7 +58,8 @@ class Model:
     batch_key
         ``.obs`` column of batches; decoders condition on it (batch correction).
     labels_key
-        ``.obs`` column of cell labels, recorded for downstream use.
+        ``.obs`` column of cell labels (missing values: unlabelled cells), learned as scANVI does, for
+        :meth:`predict` (see :mod:`scamort.labels`).
     categorical_covariate_keys, continuous_covariate_keys
         Extra ``.obs`` columns the decoders condition on; continuous ones enter standardised with the
         training cells' mean and standard deviation (the same at query time), so their units do not
@@ -349,6 +350,16 @@ class Model:
             refine_steps=refine_steps,
         )
 
+    @docstring_from(predict_labels)
+    def predict(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        soft: bool = False,
+        batch_size: int = 4096,
+    ) -> np.ndarray | pd.DataFrame:
+        return predict_labels(self._parts(), adata, indices, soft=soft, batch_size=batch_size)
+
     # ------------------------------------------------------------------ expression queries
     @docstring_from(expression_queries.normalized_expression)
     def get_normalized_expression(
@@ -413,6 +424,7 @@ class Model:
             self._parts(), adata, indices, n_samples=n_samples, modality=modality
         )
 
+    @docstring_from(differential.model_differential_expression)
     def differential_expression(
         self,
         adata: ad.AnnData | None = None,
@@ -424,46 +436,8 @@ class Model:
         batch_correction: bool = True,
         **options: Any,
     ) -> pd.DataFrame:
-        """Bayesian differential expression between two groups of cells (``group2=None``: the rest).
-
-        Posterior-sampled log fold changes, the probability of a change beyond ``delta`` (``mode=
-        "change"``) or of higher expression (``"vanilla"``), Bayes factors and posterior expected FDR
-        control; sorted by evidence. See :func:`scamort.differential.differential_expression` for the
-        other ``options`` (``modality``, ``n_samples``, ``fdr_target``, ``seed``) and the columns.
-
-        Parameters
-        ----------
-        adata
-            Cells to use (default: the training data); any AnnData/MuData with the model's features.
-        groupby
-            ``.obs`` column defining the groups.
-        group1, group2
-            The groups compared (``group2=None``: all other cells).
-        mode
-            ``"change"`` (probability of ``|LFC| > delta``) or ``"vanilla"`` (probability of higher
-            expression).
-        delta
-            Smallest absolute log fold change that counts as a change.
-        batch_correction
-            Average the expression over the model's batches (decoding each cell in every batch).
-        **options
-            Passed on: ``modality``, ``n_samples``, ``pseudocount``, ``fdr_target``, ``seed``.
-        Returns
-        -------
-        DataFrame indexed by feature.
-        """
-        if groupby is None or group1 is None:
-            raise InputError("differential_expression needs groupby= (an .obs column) and group1=.")
-        return differential.differential_expression(
-            self,
-            adata,
-            groupby=groupby,
-            group1=group1,
-            group2=group2,
-            mode=mode,
-            delta=delta,
-            batch_correction=batch_correction,
-            **options,
+        return differential.model_differential_expression(
+            self, adata, groupby, group1, group2, mode, delta, batch_correction, **options
         )
 
     # ------------------------------------------------------------------ persistence

@@ -23,6 +23,12 @@ from scamort.data.measured import refuse_unmeasured_features
 from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
 from scamort.errors import InputError
 from scamort.feature_masks import initialize_masked_background
+from scamort.label_calibration import (
+    DEFAULT_LABEL_GRADIENT,
+    DEFAULT_LABEL_WEIGHT,
+    attach_labels,
+    initialize_classes,
+)
 from scamort.module import VAE, ModuleConfig
 from scamort.nn import DISPERSIONS
 from scamort.nn.decoder import NegativeBinomialMixtureDecoder
@@ -154,6 +160,9 @@ alignment_weight, n_private_latent, mixing_weight
     for weight, name in ((alignment_weight, "alignment_weight"), (mixing_weight, "mixing_weight")):
         if not (is_real_number(weight, finite=True) and weight >= 0):
             raise InputError(f"{name} must be a finite number >= 0, got {weight!r}.")
+    labels = (
+        {"label_weight": DEFAULT_LABEL_WEIGHT, "label_gradient": DEFAULT_LABEL_GRADIENT} if labels_key else {}
+    )
     return {
         "layer": layer,
         "batch_key": batch_key,
@@ -173,6 +182,7 @@ alignment_weight, n_private_latent, mixing_weight
         "library_heads": True,
         "n_private_latent": private,
         "mixing_weight": float(mixing_weight),
+        **labels,
     }
 
 
@@ -252,6 +262,10 @@ def module_config(registry: Registry, params: Mapping[str, Any]) -> ModuleConfig
         mixing_weight=params.get("mixing_weight", 0.0),
         masked=tuple(m.name for m in registry.modalities if m.modality.measured_key is not None),
         panel_dropout=params["modality_dropout"],
+        # Absent from models saved before labels were learned: those had no label classifier.
+        n_labels=len(registry.label_categories) if params.get("label_weight", 0.0) > 0 else 0,
+        label_weight=params.get("label_weight", 0.0),
+        label_gradient=params.get("label_gradient", DEFAULT_LABEL_GRADIENT),
     )
 
 
@@ -280,9 +294,12 @@ def build_module(
         The encoded cells and the VAE (on the CPU, in training mode).
     """
     data: CellData | BackedCellData = encode_cells(adata, registry, read)
+    if "query_mapping" not in params:  # a query model keeps its reference's classifier as trained
+        data = attach_labels(data, adata, registry)
     torch.manual_seed(params["seed"])
     module = VAE(module_config(registry, params))
     initialize_from_data(module, data)
+    initialize_classes(module, data)
     if "query_mapping" in params:  # a query model: reference rows frozen (scamort.query_surgery)
         prepare_query_module(module, params["query_mapping"])
     return data, module

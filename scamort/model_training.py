@@ -23,6 +23,7 @@ from scamort._checks import check_whole_number
 from scamort.data import CellData
 from scamort.data.backed import BackedCellData
 from scamort.errors import InputError
+from scamort.label_calibration import calibrate
 from scamort.model_setup import check_choice
 from scamort.module import VAE
 from scamort.train import TrainConfig, default_kl_warmup_epochs, default_max_epochs, fit, resolve_device
@@ -227,7 +228,9 @@ def train(
         checkpoint_every=int(checkpoint_every),
     )
     if pretrain is None:
-        return run(config, checkpoint_dir=checkpoint_dir)
+        single = run(config, checkpoint_dir=checkpoint_dir)
+        calibrate(module, data, single.train_indices, single.validation_indices)
+        return single
     first_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / PRETRAIN_FOLDER
     second = replace(config, kl_warmup_epochs=0)
     if checkpoint_dir is not None:  # the first stage's own is checked as it starts
@@ -240,4 +243,5 @@ def train(
         ignore_index=True,
     )
     history["epoch"] = np.arange(1, len(history) + 1)
+    calibrate(module, data, result.train_indices, result.validation_indices)
     return TrainingResult(history, result.train_indices, result.validation_indices)

@@ -18,6 +18,7 @@ from scamort.masked_likelihood import dropped_panel, masked_log_prob_rows, renor
 from scamort.nn import CountDecoder, GaussianEncoder, product_of_experts
 from scamort.nn.classifier import PatternClassifier, presence_pattern
 from scamort.nn.decoder import DepthBernoulliDecoder, NegativeBinomialMixtureDecoder
+from scamort.nn.label_classifier import LabelClassifier
 from scamort.nn.library import LibraryHead
 from scamort.posterior import (
     Posterior,
@@ -96,6 +97,10 @@ class ModuleConfig:
     masked, panel_dropout
         Modalities with a feature mask (``Modality.measured_key``), and the training-time probability
         that their encoders read a cell on a narrower panel (:mod:`scamort.masked_likelihood`).
+    n_labels, label_weight, label_gradient
+        With ``n_labels > 0``: a :class:`~scamort.nn.label_classifier.LabelClassifier` reads each
+        cell's latent sample (shared dimensions; detached unless ``label_gradient``) and adds
+        ``label_weight ×`` its class-weighted cross-entropy for labelled cells. Not part of the ELBO.
     """
 
     modalities: tuple[tuple[str, int, str], ...]
@@ -114,6 +119,9 @@ class ModuleConfig:
     mixing_weight: float = 0.0
     masked: tuple[str, ...] = ()
     panel_dropout: float = 0.0
+    n_labels: int = 0
+    label_weight: float = 0.0
+    label_gradient: bool = True
 
     @property
     def n_shared(self) -> int:
@@ -140,6 +148,8 @@ class LossTerms:
     mixing
         Training only (else None): the presence-pattern classifier's loss plus the weighted
         encoders' loss for fooling it, per cell ``(batch,)`` (see :class:`ModuleConfig`).
+    labels
+        Training only (else None): the weighted label classification loss per cell ``(batch,)``.
     """
 
     reconstruction: dict[str, torch.Tensor]
@@ -147,6 +157,7 @@ class LossTerms:
     alignment: torch.Tensor | None = None
     library: torch.Tensor | None = None
     mixing: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
     @property
     def total_reconstruction(self) -> torch.Tensor:
@@ -156,7 +167,7 @@ class LossTerms:
 
     def elbo(self, kl_weight: float = 1.0) -> torch.Tensor:
         """Per-cell (weighted) ELBO, shape ``(batch,)``; during training minus the extra terms
-        (``kl_weight × alignment + library + mixing``), which makes it the per-cell training
+        (``kl_weight × alignment + library + mixing + labels``), which makes it the per-cell training
         objective. Outside training the extra terms are None and this is the ELBO."""
         out = self.total_reconstruction - kl_weight * self.kl
         if self.alignment is not None:
@@ -165,6 +176,8 @@ class LossTerms:
             out = out - self.library
         if self.mixing is not None:
             out = out - self.mixing
+        if self.labels is not None:
+            out = out - self.labels
         return out
 
 
@@ -222,6 +235,9 @@ class VAE(nn.Module):
             PatternClassifier(config.n_shared, len(config.modalities))
             if config.mixing_weight > 0 and len(config.modalities) > 1
             else None
+        )
+        self.label_classifier = (
+            LabelClassifier(config.n_shared, config.n_labels, config.n_hidden) if config.n_labels else None
         )
 
     @property
@@ -366,7 +382,12 @@ class VAE(nn.Module):
         alignment = self.alignment(mean, log_variance, present) if self.config.alignment_weight > 0 else None
         library = self.library_loss(mean, log_variance, present, batch) if len(self.library_heads) else None
         mixing = None if self.pattern_classifier is None else self.mixing_loss(mean, log_variance, present)
-        return LossTerms(terms.reconstruction, terms.kl, alignment, library, mixing)
+        labels = None
+        if self.label_classifier is not None and batch.labels is not None:
+            read = z[:, : self.config.n_shared]
+            read = read if self.config.label_gradient else read.detach()
+            labels = self.config.label_weight * self.label_classifier.loss(read, batch.labels)
+        return LossTerms(terms.reconstruction, terms.kl, alignment, library, mixing, labels)
 
     def mixing_loss(
         self, mean: torch.Tensor, log_variance: torch.Tensor, present: torch.Tensor

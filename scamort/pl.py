@@ -15,6 +15,7 @@ import pandas as pd
 
 from scamort._figures import figure_of
 from scamort.amortization_gap import plot_amortization_gap as amortization_gap
+from scamort.pl_labels import confusion_matrix, reliability_diagram
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["amortization_gap", "embedding", "history", "imputation"]
+__all__ = [
+    "amortization_gap",
+    "confusion_matrix",
+    "embedding",
+    "history",
+    "imputation",
+    "reliability_diagram",
+]
 
 logger = logging.getLogger(__name__)
 

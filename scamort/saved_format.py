@@ -56,6 +56,8 @@ _INIT_OPTIONAL: dict[str, tuple[type, ...]] = {
     "n_private_latent": (dict,),
     "mixing_weight": _NUMBER,
     "query_mapping": (dict,),
+    "label_weight": _NUMBER,
+    "label_gradient": (bool,),
 }
 _REGISTRY: dict[str, tuple[type, ...]] = {
     "modalities": (list,),

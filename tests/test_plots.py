@@ -143,3 +143,37 @@ def test_embedding_on_given_axes(adata_umap: ad.AnnData) -> None:
 def test_embedding_missing_basis_is_a_clear_error(adata_umap: ad.AnnData) -> None:
     with pytest.raises(KeyError, match="X_umap"):
         pl.embedding(adata_umap, "tsne", color="label")
+
+
+def test_confusion_matrix_rows_are_fractions_of_true_labels() -> None:
+    true = np.array(["a", "a", "a", "b", "b", "c"])
+    predicted = np.array(["a", "a", "b", "b", "b", "unknown"])
+    fig = pl.confusion_matrix(true, predicted)
+    assert isinstance(fig, Figure)
+    image = fig.axes[0].get_images()[0].get_array()
+    expected = np.array([[2 / 3, 1 / 3, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(np.asarray(image), expected)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "c", "unknown"]
+    assert "accuracy 0.667" in fig.axes[0].get_title()
+
+
+def test_reliability_diagram_shows_the_ece() -> None:
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.3, 1.0, 500)
+    correct = rng.random(500) < confidence - 0.1
+    fig = pl.reliability_diagram(confidence, correct, n_bins=15)
+    assert isinstance(fig, Figure)
+    bins = np.clip(np.ceil(confidence * 15).astype(int) - 1, 0, 14)
+    ece = sum(
+        np.mean(bins == b) * abs(confidence[bins == b].mean() - correct[bins == b].mean()) for b in set(bins)
+    )
+    assert f"ECE {ece:.3f}" in fig.axes[0].get_title()
+
+
+def test_label_plots_refuse_mismatched_lengths() -> None:
+    from scamort.errors import InputError
+
+    with pytest.raises(InputError, match="one label per cell"):
+        pl.confusion_matrix(["a", "b"], ["a"])
+    with pytest.raises(InputError, match="one entry per cell"):
+        pl.reliability_diagram([0.5, 0.7], [True])

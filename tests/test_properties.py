@@ -600,9 +600,10 @@ def role_kwargs(role: str, key: str) -> dict[str, Any]:
 @fuzz(40)
 @given(counts=count_matrices(), data=st.data())
 def test_categorical_columns_with_missing_values_are_refused(counts: np.ndarray, data: st.DataObject) -> None:
-    """NaN / None / pd.NA in a batch, label or categorical-covariate column of any dtype."""
+    """NaN / None / pd.NA in a batch or categorical-covariate column of any dtype (in a labels column
+    they mark unlabelled cells: see the next test)."""
     _count()
-    role = data.draw(st.sampled_from(sorted(ROLES)), label="role")
+    role = data.draw(st.sampled_from(sorted(set(ROLES) - {"labels"})), label="role")
     _, key, name = ROLES[role]
     kind = data.draw(st.sampled_from(["category", "object", "string"]), label="dtype")
     marker = data.draw(st.sampled_from([np.nan, None, pd.NA]), label="missing marker")
@@ -616,6 +617,34 @@ def test_categorical_columns_with_missing_values_are_refused(counts: np.ndarray,
         lambda: scamort.Model(adata, **role_kwargs(role, key), **SMALL),
         re.escape(f"{name} {key!r} has {len(missing)} missing (NaN) values; fill them"),
     )
+    assert_unchanged(adata, before)
+
+
+@fuzz(30)
+@given(counts=count_matrices(), data=st.data())
+def test_missing_labels_are_unlabelled_cells(counts: np.ndarray, data: st.DataObject) -> None:
+    """NaN / None / pd.NA in a labels column of any dtype: those cells are unlabelled (code -1) and the
+    categories are the other cells' labels; a column of missing values only is refused."""
+    _count()
+    kind = data.draw(st.sampled_from(["category", "object", "string"]), label="dtype")
+    marker = data.draw(st.sampled_from([np.nan, None, pd.NA]), label="missing marker")
+    missing = data.draw(st.sets(st.integers(0, counts.shape[0] - 1), min_size=1), label="missing rows")
+    adata = make_adata(counts)
+    values = [marker if i in missing else f"v{i % 2}" for i in range(counts.shape[0])]
+    adata.obs["label"] = pd.Series(values, index=adata.obs_names, dtype=kind if kind != "object" else object)
+    before = snapshot(adata)
+    if len(missing) == counts.shape[0]:
+        refused(
+            lambda: scamort.Model(adata, labels_key="label", **SMALL),
+            "labels_key 'label' has no label at all",
+        )
+    else:
+        model = scamort.Model(adata, labels_key="label", **SMALL)
+        kept = sorted({f"v{i % 2}" for i in range(counts.shape[0]) if i not in missing})
+        assert model.registry.label_categories == tuple(kept)
+        codes = model._data.labels.numpy()
+        expected = [-1 if i in missing else kept.index(f"v{i % 2}") for i in range(counts.shape[0])]
+        assert codes.tolist() == expected
     assert_unchanged(adata, before)
 
 

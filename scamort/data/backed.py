@@ -195,6 +195,7 @@ class BackedCellData:
             batch_index=self.covariates.batch_index[positions],
             categorical=self.covariates.categorical[positions],
             continuous=self.covariates.continuous[positions],
+            labels=None if self.covariates.labels is None else self.covariates.labels[positions],
         )
 
     def minibatch(self, index: torch.Tensor) -> Minibatch:

@@ -173,12 +173,15 @@ class Minibatch:
         Codes of the covariates injected into decoders, shape ``(batch, n_categorical)``.
     continuous
         Continuous covariates, shape ``(batch, n_continuous)``.
+    labels
+        Label codes of a model with labels, shape ``(batch,)`` int64 (-1: unlabelled), or None.
     """
 
     modalities: dict[str, ModalityBatch]
     batch_index: torch.Tensor
     categorical: torch.Tensor
     continuous: torch.Tensor
+    labels: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -208,7 +211,8 @@ class CellData:
     ``cell_keys`` ``(n_cells,)`` int64, when set, are stable per-cell ids derived from the cell names
     (:func:`cell_keys`): per-cell random draws keyed on them do not depend on the cells' order or on
     which other cells are present. Only the encoded data carries them; gathered subsets (``take``,
-    minibatches) do not need them.
+    minibatches) do not need them. ``labels`` ``(n_cells,)`` int64 are the label codes a model with
+    labels trains on (-1: unlabelled; None: no labels), carried into subsets and minibatches.
     """
 
     modalities: dict[str, ModalityTensors]
@@ -216,6 +220,7 @@ class CellData:
     categorical: torch.Tensor
     continuous: torch.Tensor
     cell_keys: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
     @property
     def n_cells(self) -> int:
@@ -238,6 +243,7 @@ class CellData:
             categorical=self.categorical.to(device),
             continuous=self.continuous.to(device),
             cell_keys=None if self.cell_keys is None else self.cell_keys.to(device),
+            labels=None if self.labels is None else self.labels.to(device),
         )
 
     def restricted_to(self, names: Sequence[str]) -> CellData:
@@ -257,6 +263,7 @@ class CellData:
             batch_index=self.batch_index[index],
             categorical=self.categorical[index],
             continuous=self.continuous[index],
+            labels=None if self.labels is None else self.labels[index],
         )
 
     def slice(self, start: int, stop: int, host_indptrs: dict[str, np.ndarray] | None = None) -> Minibatch:
@@ -278,6 +285,7 @@ class CellData:
             batch_index=self.batch_index[start:stop],
             categorical=self.categorical[start:stop],
             continuous=self.continuous[start:stop],
+            labels=None if self.labels is None else self.labels[start:stop],
         )
 
     def epoch_order(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -13,12 +13,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from scamort.data.categories import legacy_labels
+from scamort.data.categories import category_labels, legacy_labels
 from scamort.data.modality import Modality
-from scamort.data.validation import check_categorical_column, check_continuous_column
+from scamort.data.validation import check_categorical_column, check_continuous_column, check_obs_key
 from scamort.errors import InputError
 
-__all__ = ["ModalityRegistry", "Registry", "build_registry"]
+__all__ = ["ModalityRegistry", "Registry", "build_registry", "label_categories", "label_codes"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class Registry:
     batch_key, batch_categories
         The batch column and its categories (a single category ``("0",)`` when there is no batch).
     labels_key, label_categories
-        Optional cell labels, kept for downstream use (not used by the unsupervised model).
+        Optional cell labels and their categories (missing values excluded: those cells are
+        unlabelled); a model with labels learns to predict them (:mod:`scamort.labels`).
     categorical_covariates
         ``(key, categories)`` pairs of extra categorical covariates.
     continuous_covariate_keys
@@ -136,6 +137,37 @@ def _categories(adata: ad.AnnData, key: str, role: str) -> tuple[str, ...]:
     return tuple(sorted(set(column)))
 
 
+def label_categories(adata: ad.AnnData, key: str) -> tuple[str, ...]:
+    """Categories of the labels column ``adata.obs[key]``, its missing values (unlabelled cells) left out;
+    a column without any label is refused."""
+    column = check_obs_key(adata, key, "labels_key")
+    if bool(column.isna().all()):
+        raise InputError(
+            f"labels_key {key!r} has no label at all (every value is missing); give some cells a label, "
+            "or build the model without labels_key."
+        )
+    labelled = column[column.notna()]
+    texts = category_labels(labelled, key, "labels_key").to_numpy()
+    if isinstance(labelled.dtype, pd.CategoricalDtype):
+        return tuple(pd.unique(texts[np.argsort(labelled.cat.codes.to_numpy(), kind="stable")]))
+    return tuple(sorted(set(texts)))
+
+
+def label_codes(adata: ad.AnnData, key: str, categories: Sequence[str]) -> np.ndarray:
+    """Codes ``(n_cells,)`` int64 of ``adata.obs[key]`` in ``categories``' order; -1 for a missing value,
+    a column absent from ``adata`` (every cell) and a label not among ``categories`` (unlabelled)."""
+    if key not in adata.obs.columns:
+        return np.full(adata.n_obs, -1, dtype=np.int64)
+    column = adata.obs[key]
+    labelled = column.notna().to_numpy()
+    codes = np.full(adata.n_obs, -1, dtype=np.int64)
+    if labelled.any():
+        texts = category_labels(column[labelled], key, "labels_key")
+        lookup = {c: i for i, c in enumerate(categories)}
+        codes[labelled] = texts.map(lambda t: lookup.get(t, -1)).to_numpy(dtype=np.int64)
+    return codes
+
+
 def build_registry(
     modality_features: Mapping[str, tuple[Modality, Sequence[str]]],
     adata: ad.AnnData,
@@ -176,7 +208,7 @@ def build_registry(
         batch_key=batch_key,
         batch_categories=_categories(adata, batch_key, "batch_key") if batch_key else ("0",),
         labels_key=labels_key,
-        label_categories=_categories(adata, labels_key, "labels_key") if labels_key else (),
+        label_categories=label_categories(adata, labels_key) if labels_key else (),
         categorical_covariates=tuple(
             (key, _categories(adata, key, "Categorical covariate")) for key in categorical_keys
         ),

@@ -79,6 +79,8 @@ def run_fingerprint(module: torch.nn.Module, data: Any) -> dict[str, Any]:
         fingerprint["cells"] = _digest(cells.cell_keys)
         fingerprint["batch"] = _digest(cells.batch_index)
         fingerprint["covariates"] = _digest(cells.categorical, cells.continuous)
+        if cells.labels is not None:
+            fingerprint["labels"] = _digest(cells.labels)
     in_memory = data.modalities if isinstance(data, CellData) else {}  # backed data: cells only
     for name, tensors in in_memory.items():
         fingerprint[f"counts_{name}"] = _digest(
