@@ -462,8 +462,18 @@ class Model:
 
     @classmethod
     @docstring_from(load_query_data)
-    def load_query_data(cls, query: ad.AnnData, reference: Model | str | Path, **options: Any) -> Model:
-        return load_query_data(cls, query, reference, **options)
+    def load_query_data(
+        cls,
+        query: ad.AnnData,
+        reference: Model | str | Path,
+        *,
+        batch_key: str | None = None,
+        encoder_shift: bool = True,
+        seed: int | None = None,
+    ) -> Model:
+        return load_query_data(
+            cls, query, reference, batch_key=batch_key, encoder_shift=encoder_shift, seed=seed
+        )
 
     def __repr__(self) -> str:
         return self._parts().describe(self.history, self.is_trained)
