@@ -156,7 +156,10 @@ def measure(path: str, kind: str) -> dict[str, Any]:
 
 
 def _cases(quick: bool) -> dict[str, tuple[str, int]]:
-    return {"rna_1M": ("rna", 100_000 if quick else 1_000_000), "cite_200k": ("cite", 20_000 if quick else 200_000)}
+    return {
+        "rna_1M": ("rna", 100_000 if quick else 1_000_000),
+        "cite_200k": ("cite", 20_000 if quick else 200_000),
+    }
 
 
 def _prepare(kind: str, n_cells: int) -> Path:
@@ -187,7 +190,9 @@ def _run(path: Path, kind: str, code: str | None) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="100k RNA cells and 20k CITE-seq cells")
     parser.add_argument("--cases", nargs="*", help="run only these cases (rna_1M, cite_200k)")
     parser.add_argument(
@@ -207,7 +212,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     for name, (kind, n_cells) in cases.items():
         path = _prepare(kind, n_cells)
-        codes = {"this": here} if args.compare_with is None else {"other": str(args.compare_with), "this": here}
+        codes = (
+            {"this": here} if args.compare_with is None else {"other": str(args.compare_with), "this": here}
+        )
         for label, code in codes.items():
             key = name if args.compare_with is None else f"{name}_{label}"
             print(f"running {key} ...", flush=True)

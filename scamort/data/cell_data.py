@@ -165,7 +165,7 @@ class ModalityTensors:
 
 
 #: Stored entries handled at a time when computing per-cell sums (bounds the temporary arrays).
-_ENTRIES_PER_BLOCK = 1 << 21
+_ENTRIES_PER_BLOCK = 1 << 18
 
 
 def _row_blocks(indptr: np.ndarray, n_entries: int = _ENTRIES_PER_BLOCK):

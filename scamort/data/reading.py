@@ -32,7 +32,7 @@ def _describe(modality: Modality, container: str = "adata") -> str:
 
 
 #: Rows converted at a time from a dense table to CSR (bounds the conversion's temporary arrays).
-_DENSE_ROWS = 16_384
+_DENSE_ROWS = 4096
 #: Stored entries looked at a time for zeros.
 _ZERO_CHECK_BLOCK = 1 << 22
 

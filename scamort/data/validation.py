@@ -28,7 +28,7 @@ MAX_COUNT = 2**24
 
 
 #: Entries checked at a time: the checks' temporary arrays stay small whatever the matrix's size.
-_CHECK_BLOCK = 1 << 22
+_CHECK_BLOCK = 1 << 20
 
 
 def _first_location(
