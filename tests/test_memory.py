@@ -23,7 +23,9 @@ from tests.conftest import make_counts
 def _sparse_adata(n_cells: int, n_genes: int, per_cell: int, seed: int = 0) -> ad.AnnData:
     """Cells with ``per_cell`` distinct nonzero genes each, counts 1..20, CSR float32."""
     rng = np.random.default_rng(seed)
-    stride = n_genes // per_cell  # one gene drawn from each of ``per_cell`` consecutive bins: sorted, distinct
+    stride = (
+        n_genes // per_cell
+    )  # one gene drawn from each of ``per_cell`` consecutive bins: sorted, distinct
     columns = np.arange(per_cell) * stride + rng.integers(0, stride, size=(n_cells, per_cell))
     values = rng.integers(1, 21, size=n_cells * per_cell).astype(np.float32)
     indptr = np.arange(0, n_cells * per_cell + 1, per_cell)
