@@ -12,9 +12,10 @@ from benchmark_cells import environment, get, table
 def gpu(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -> str:
     """Throughput per batch size, the time-budget comparison with SCVI and the goals."""
     name, data = next(iter(runs.items()))
+    cells, genes = get(data, "data", "n_cells"), get(data, "data", "n_genes")
     out = [
         "## One GPU (`gpu.py`)\n",
-        f"On {data.get('device_name')} ({get(data, 'data', 'n_cells')} cells × {get(data, 'data', 'n_genes')} "
+        f"On {data.get('device_name')} ({cells} cells × {genes} "
         "genes grown from the worm neurons, the whole CSR on the device): training throughput per batch "
         "size, and scamort and scvi-tools' SCVI under the same wall-clock budget on the same GPU, scored "
         "on the same held-out cells. Reproduce with `python benchmarks/gpu.py`.\n",

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from scamort.data.cell_data import CellData
@@ -49,7 +48,7 @@ def _digest(*tensors: torch.Tensor | None) -> str:
             continue
         array = tensor.detach().cpu().contiguous()
         digest.update(f"{tuple(array.shape)}{array.dtype}".encode())
-        digest.update(array.numpy().reshape(-1).view(np.uint8))  # no copy of the bytes
+        digest.update(array.numpy().tobytes())
     return digest.hexdigest()
 
 
