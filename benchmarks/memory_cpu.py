@@ -109,8 +109,9 @@ def _stage(record: dict[str, Any], name: str, loaded_mb: float) -> None:
     record[f"peak_after_{name}_above_loaded_mb"] = peak_rss_mb() - loaded_mb
 
 
-def measure(path: str, kind: str) -> dict[str, Any]:
-    """One case, in this (fresh) process: the peaks of ``Model``, one epoch and the latent."""
+def measure(path: str, kind: str, train: bool = True) -> dict[str, Any]:
+    """One case, in this (fresh) process: the peaks of ``Model``, one epoch (unless not ``train``) and
+    the latent."""
     import anndata as ad
 
     import scamort
@@ -131,10 +132,14 @@ def measure(path: str, kind: str) -> dict[str, Any]:
     record: dict[str, Any] = {"n_cells": n_cells, "nnz_rna": int(adata.X.nnz), "data_mb": data}
     model = scamort.Model(adata, modalities=modalities)
     _stage(record, "model", loaded_mb)
-    started = time.perf_counter()
-    history = model.train(max_epochs=1, batch_size=BATCH_SIZE, early_stopping=False, progress_bar=False)
-    seconds = time.perf_counter() - started
-    _stage(record, "train", loaded_mb)
+    if train:
+        started = time.perf_counter()
+        history = model.train(max_epochs=1, batch_size=BATCH_SIZE, early_stopping=False, progress_bar=False)
+        seconds = time.perf_counter() - started
+        _stage(record, "train", loaded_mb)
+        record["epoch_seconds"] = float(history["seconds"].iloc[0])
+        record["train_call_seconds"] = seconds
+        record["train_cells_per_second"] = len(model.train_indices) / record["epoch_seconds"]
     latent = model.get_latent_representation()
     _stage(record, "latent", loaded_mb)
     peak = peak_rss_mb()
@@ -148,9 +153,7 @@ def measure(path: str, kind: str) -> dict[str, Any]:
         "peak_above_import_x_data": (peak - import_mb) / data,
         "peak_above_loaded_mb": peak - loaded_mb,
         "peak_above_loaded_x_data": (peak - loaded_mb) / data,
-        "epoch_seconds": float(history["seconds"].iloc[0]),
-        "train_call_seconds": seconds,
-        "train_cells_per_second": len(model.train_indices) / float(history["seconds"].iloc[0]),
+        "trained": train,
         "latent_shape": list(latent.shape),
     }
 
@@ -202,9 +205,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one case in this process
     parser.add_argument("--kind", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-train", action="store_true", help=argparse.SUPPRESS)  # Model + latent only
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.kind)))
+        print(json.dumps(measure(args.measure, args.kind, train=not args.skip_train)))
         return
     cases = _cases(args.quick)
     if args.cases:
