@@ -113,7 +113,8 @@ def test_iterate_gathers_in_blocks_and_yields_the_same_minibatches(monkeypatch: 
         gathered.append(rows.shape[0])
         return take(self, rows)
 
-    monkeypatch.setattr(cell_data, "GATHER_CELLS", 64)
+    per_cell = data.modalities["rna"].indices.shape[0] / 240
+    monkeypatch.setattr(cell_data, "GATHER_ENTRIES", int(64 * per_cell))  # about 64 cells' entries
     monkeypatch.setattr(CellData, "take", spy)
     batches = list(data.iterate(index, 20))
     assert gathered == [60, 60, 60, 50]  # whole minibatches per block, never the whole epoch at once

@@ -13,11 +13,12 @@ import torch
 from scamort.data.measured import MeasuredPatterns
 from scamort.data.sparse_batch import SparseBatch
 
-__all__ = ["GATHER_CELLS", "CellData", "Minibatch", "ModalityBatch", "ModalityTensors", "cell_keys"]
+__all__ = ["GATHER_ENTRIES", "CellData", "Minibatch", "ModalityBatch", "ModalityTensors", "cell_keys"]
 
 
-#: Cells gathered at a time by :meth:`CellData.iterate` (rounded to whole minibatches).
-GATHER_CELLS = 65_536
+#: Stored entries (over all modalities, on average) gathered at a time by :meth:`CellData.iterate`;
+#: the block is rounded to whole minibatches.
+GATHER_ENTRIES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -327,11 +328,14 @@ class CellData:
     def iterate(self, index: torch.Tensor, batch_size: int):
         """Yield minibatches over ``index`` in order.
 
-        The cells are gathered (one vectorised :meth:`take`) a block of at most about
-        :data:`GATHER_CELLS` at a time, then sliced into minibatches: an epoch's reordered copy of the
-        counts never exists whole, and the device syncs once per block, not per minibatch.
+        The cells are gathered (one vectorised :meth:`take`) a block of about :data:`GATHER_ENTRIES`
+        stored entries (at the cells' mean) at a time, in whole minibatches, then sliced: an epoch's
+        reordered copy of the counts never exists whole, and the device syncs once per block, not per
+        minibatch.
         """
-        block = batch_size * max(1, GATHER_CELLS // batch_size)  # whole minibatches per block
+        entries = sum(t.indices.shape[0] for t in self.modalities.values())
+        per_cell = max(1.0, entries / max(self.n_cells, 1))
+        block = batch_size * max(1, int(GATHER_ENTRIES / (per_cell * batch_size)))
         for first in range(0, index.shape[0], block):
             ordered = self.take(index[first : first + block])
             host_indptrs = {name: t.indptr.cpu().numpy() for name, t in ordered.modalities.items()}
