@@ -104,14 +104,33 @@ def latent(
     modalities: tuple[str, ...] | None = None,
     batch_size: int = 4096,
     posteriors: PosteriorArrays | None = None,
+    with_log_variance: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean (or one sample) and log-variance per cell, each ``(n_cells, n_latent)``."""
+    """Posterior mean (or one sample) and log-variance per cell, each ``(n_cells, n_latent)``.
+
+    Both are written into arrays allocated once (no list of batches joined at the end, which would
+    hold every row twice); without ``with_log_variance`` the second is an empty ``(n_cells, 0)``.
+    """
     module.eval()
-    means, log_variances = [], []
-    for _, posterior in _batches(module, data, index, batch_size, posteriors, modalities):
-        means.append((posterior.mean if give_mean else posterior.rsample()).cpu().numpy())
-        log_variances.append(posterior.log_variance.cpu().numpy())
-    return np.concatenate(means), np.concatenate(log_variances)
+    means: np.ndarray | None = None
+    log_variances: np.ndarray | None = None
+    for start, (_, posterior) in zip(
+        range(0, len(index), batch_size),
+        _batches(module, data, index, batch_size, posteriors, modalities),
+        strict=True,
+    ):
+        mean = (posterior.mean if give_mean else posterior.rsample()).cpu().numpy()
+        if means is None or log_variances is None:
+            means = np.empty((len(index), mean.shape[1]), dtype=mean.dtype)
+            log_variances = np.empty(
+                (len(index), mean.shape[1] if with_log_variance else 0), dtype=mean.dtype
+            )
+        means[start : start + len(mean)] = mean
+        if with_log_variance:
+            log_variances[start : start + len(mean)] = posterior.log_variance.cpu().numpy()
+    if means is None or log_variances is None:  # no cell: the shapes the joined batches had
+        return np.empty((0, 0), dtype=np.float32), np.empty((0, 0), dtype=np.float32)
+    return means, log_variances
 
 
 @torch.no_grad()

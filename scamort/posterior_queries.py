@@ -70,6 +70,7 @@ def latent_representation(
         give_mean=give_mean,
         modalities=modalities,
         posteriors=parts.posteriors(cells, refine_steps),
+        with_log_variance=False,
     )
     return mean[:, : parts.n_latent]
 

@@ -1,7 +1,8 @@
 """Generate the documentation's benchmarks page from ``benchmarks/results/*.json``.
 
 Every number on the page is read from a results file when the docs are built; nothing is typed by hand. Known
-benchmarks (``core_worm``, ``multimodal``, ``refinement``, ``differential_bmmc``, ``scale_cpu``) get curated
+benchmarks (``core_worm``, ``multimodal``, ``refinement``, ``differential_bmmc``, ``scale_cpu``, ``gpu``,
+``memory_cpu``) get curated
 tables and figures; any other results file gets a generic table of its scalar entries, so a new benchmark
 appears on the page as soon as its JSON is committed. Smoke runs (``*_quick.json``) are listed, not tabulated.
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark_cells import FIGURES, environment, fmt, get, table
+from benchmark_gpu import gpu, memory_cpu
 from benchmark_scale import scale_cpu
 from benchmark_sections import core_worm, differential, multimodal, refinement
 
@@ -78,6 +80,8 @@ SECTIONS: dict[str, Callable[[dict[str, dict[str, Any]], Path, Path], str]] = {
     "refinement": refinement,
     "differential_bmmc": differential,
     "scale_cpu": scale_cpu,
+    "gpu": gpu,
+    "memory_cpu": memory_cpu,
 }
 
 

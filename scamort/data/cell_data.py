@@ -13,7 +13,12 @@ import torch
 from scamort.data.measured import MeasuredPatterns
 from scamort.data.sparse_batch import SparseBatch
 
-__all__ = ["CellData", "Minibatch", "ModalityBatch", "ModalityTensors", "cell_keys"]
+__all__ = ["GATHER_ENTRIES", "CellData", "Minibatch", "ModalityBatch", "ModalityTensors", "cell_keys"]
+
+
+#: Stored entries (over all modalities, on average) gathered at a time by :meth:`CellData.iterate`;
+#: the block is rounded to whole minibatches.
+GATHER_ENTRIES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,8 @@ class ModalityTensors:
     indptr
         Row pointers, shape ``(n_cells + 1,)`` (int64).
     indices, values
-        Column indices (int64) and counts (float32) of the nonzeros, shape ``(nnz,)``.
+        Column indices (int32 as encoded, int64 where built by other code) and counts (float32) of the
+        nonzeros, shape ``(nnz,)``.
     n_features
         Number of columns.
     log_library
@@ -53,25 +59,42 @@ class ModalityTensors:
 
     @classmethod
     def from_csr(
-        cls, counts: sp.csr_matrix, present: np.ndarray, measured: MeasuredPatterns | None = None
+        cls,
+        counts: sp.csr_matrix,
+        present: np.ndarray,
+        measured: MeasuredPatterns | None = None,
+        *,
+        copy: bool = True,
     ) -> ModalityTensors:
-        """Copy a validated CSR matrix ``(n_cells, n_features)`` into tensors; ``measured`` (whose
-        unmeasured entries must already be dropped from ``counts``) travels with them."""
-        counts = sp.csr_matrix(counts, copy=True)
+        """Tensors of a validated CSR matrix ``(n_cells, n_features)``; ``measured`` (whose unmeasured
+        entries must already be dropped from ``counts``) travels with them.
+
+        The counts are held as float32 values and int32 column indices. With ``copy=False`` the tensors
+        share a float32 canonical ``counts``' arrays instead of copying them (for a private matrix
+        nothing else holds or writes). Per-cell sums are computed block by block, so the only arrays
+        of the size of the counts are the tensors themselves.
+        """
+        if copy or counts.dtype != np.float32:
+            counts = sp.csr_matrix(counts).astype(np.float32, copy=True)
         counts.sum_duplicates()
-        values = counts.data.astype(np.float32)
-        row_of_entry = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-        log_factorial = np.bincount(
-            row_of_entry, weights=_lgamma_plus_one(values.astype(np.float64)), minlength=counts.shape[0]
-        )
+        values = counts.data
+        log_factorial = np.zeros(counts.shape[0], dtype=np.float64)
+        for start, stop in _row_blocks(counts.indptr):
+            first, last = counts.indptr[start], counts.indptr[stop]
+            row_of_entry = np.repeat(np.arange(stop - start), np.diff(counts.indptr[start : stop + 1]))
+            log_factorial[start:stop] = np.bincount(
+                row_of_entry,
+                weights=_lgamma_plus_one(values[first:last].astype(np.float64)),
+                minlength=stop - start,
+            )
         library = np.asarray(counts.sum(axis=1)).ravel()
         return cls(
             indptr=torch.as_tensor(counts.indptr.astype(np.int64)),
-            indices=torch.as_tensor(counts.indices.astype(np.int64)),
-            values=torch.tensor(values),
+            indices=torch.from_numpy(counts.indices.astype(np.int32, copy=False)),
+            values=torch.from_numpy(values),
             n_features=counts.shape[1],
             log_library=torch.tensor(np.log(np.maximum(library, 1.0)), dtype=torch.float32),
-            log_factorial=torch.tensor(log_factorial, dtype=torch.float64),
+            log_factorial=torch.from_numpy(log_factorial),
             present=torch.as_tensor(np.asarray(present, dtype=bool)),
             measured_table=None if measured is None else torch.as_tensor(measured.table),
             measured_pattern=None if measured is None else torch.as_tensor(measured.pattern),
@@ -120,7 +143,7 @@ class ModalityTensors:
         )
         return SparseBatch(
             row=row,
-            col=self.indices[first:last],
+            col=self.indices[first:last].long(),
             values=self.values[first:last],
             row_offsets=offsets,
             n_features=self.n_features,
@@ -140,6 +163,20 @@ class ModalityTensors:
             measured_table=None if self.measured_table is None else self.measured_table.to(device),
             measured_pattern=None if self.measured_pattern is None else self.measured_pattern.to(device),
         )
+
+
+#: Stored entries handled at a time when computing per-cell sums (bounds the temporary arrays).
+_ENTRIES_PER_BLOCK = 1 << 18
+
+
+def _row_blocks(indptr: np.ndarray, n_entries: int = _ENTRIES_PER_BLOCK):
+    """Yield ``(start, stop)`` row ranges of about ``n_entries`` stored entries each (at least one row)."""
+    n_rows, start = indptr.shape[0] - 1, 0
+    while start < n_rows:
+        stop = int(np.searchsorted(indptr, indptr[start] + n_entries, side="right")) - 1
+        stop = min(max(stop, start + 1), n_rows)
+        yield start, stop
+        start = stop
 
 
 def _lgamma_plus_one(values: np.ndarray) -> np.ndarray:
@@ -297,8 +334,18 @@ class CellData:
         return self.take(index).slice(0, index.shape[0])
 
     def iterate(self, index: torch.Tensor, batch_size: int):
-        """Yield minibatches over ``index`` in order: one gather of all of them, then slices."""
-        ordered = self.take(index)
-        host_indptrs = {name: t.indptr.cpu().numpy() for name, t in ordered.modalities.items()}
-        for start in range(0, index.shape[0], batch_size):
-            yield ordered.slice(start, min(start + batch_size, index.shape[0]), host_indptrs)
+        """Yield minibatches over ``index`` in order.
+
+        The cells are gathered (one vectorised :meth:`take`) a block of about :data:`GATHER_ENTRIES`
+        stored entries (at the cells' mean) at a time, in whole minibatches, then sliced: an epoch's
+        reordered copy of the counts never exists whole, and the device syncs once per block, not per
+        minibatch.
+        """
+        entries = sum(t.indices.shape[0] for t in self.modalities.values())
+        per_cell = max(1.0, entries / max(self.n_cells, 1))
+        block = batch_size * max(1, int(GATHER_ENTRIES / (per_cell * batch_size)))
+        for first in range(0, index.shape[0], block):
+            ordered = self.take(index[first : first + block])
+            host_indptrs = {name: t.indptr.cpu().numpy() for name, t in ordered.modalities.items()}
+            for start in range(0, ordered.n_cells, batch_size):
+                yield ordered.slice(start, min(start + batch_size, ordered.n_cells), host_indptrs)

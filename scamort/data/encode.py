@@ -115,7 +115,8 @@ def _to_cell_data(
     ]
     return CellData(
         modalities={
-            name: ModalityTensors.from_csr(matrix, present[name], measured.get(name))
+            # each matrix is scamort's own copy (read_counts), so the tensors may keep its arrays
+            name: ModalityTensors.from_csr(matrix, present[name], measured.get(name), copy=False)
             for name, matrix in counts.items()
         },
         batch_index=torch.as_tensor(batch),

@@ -31,8 +31,48 @@ def _describe(modality: Modality, container: str = "adata") -> str:
     return f"{container}.X" if modality.layer is None else f"{container}.layers[{modality.layer!r}]"
 
 
-def _as_csr(matrix: Any) -> sp.csr_matrix:
-    """A private, canonical CSR copy in the user's dtype (never shares memory with the user's object)."""
+#: Rows converted at a time from a dense table to CSR (bounds the conversion's temporary arrays).
+_DENSE_ROWS = 4096
+#: Stored entries looked at a time for zeros.
+_ZERO_CHECK_BLOCK = 1 << 22
+
+
+def _dense_to_csr(dense: np.ndarray) -> sp.csr_matrix:
+    """A canonical CSR of a 2-d array (its dtype), built block by block: scipy's own conversion makes
+    int64 row and column arrays of every nonzero first, twice the size of the result."""
+    n_rows = dense.shape[0]
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    for start in range(0, n_rows, _DENSE_ROWS):
+        block = dense[start : start + _DENSE_ROWS]
+        indptr[start + 1 : start + 1 + block.shape[0]] = np.count_nonzero(block, axis=1)
+    np.cumsum(indptr, out=indptr)
+    nnz = int(indptr[-1])
+    index_dtype = np.int32 if max(nnz, dense.shape[1]) < 2**31 else np.int64
+    data = np.empty(nnz, dtype=dense.dtype)
+    indices = np.empty(nnz, dtype=index_dtype)
+    for start in range(0, n_rows, _DENSE_ROWS):
+        block = dense[start : start + _DENSE_ROWS]
+        rows, columns = np.nonzero(block)  # row-major: sorted within each row
+        first, last = indptr[start], indptr[start + block.shape[0]]
+        data[first:last] = block[rows, columns]
+        indices[first:last] = columns
+    return sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=dense.shape)
+
+
+def _is_canonical_without_zeros(matrix: sp.csr_matrix) -> bool:
+    """Sorted, duplicate-free column indices and no stored zeros (checked without changing ``matrix``)."""
+    view = sp.csr_matrix((matrix.data, matrix.indices, matrix.indptr), shape=matrix.shape, copy=False)
+    if not view.has_canonical_format:
+        return False
+    block = _ZERO_CHECK_BLOCK
+    return not any(np.any(matrix.data[start : start + block] == 0) for start in range(0, matrix.nnz, block))
+
+
+def _as_csr(matrix: Any) -> tuple[sp.csr_matrix, bool]:
+    """A canonical CSR in the user's dtype, and whether it shares memory with the user's object.
+
+    A canonical CSR without stored zeros is shared (read, never written); anything else is converted
+    into a private copy."""
     if isinstance(matrix, pd.DataFrame):
         matrix = matrix.to_numpy()
     if isinstance(matrix, BackedSparse):
@@ -48,10 +88,21 @@ def _as_csr(matrix: Any) -> sp.csr_matrix:
         dtype = matrix.dtype
     if not (dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise InputError(f"Counts must be numeric; got dtype {dtype}.")
+    if not sp.issparse(matrix):
+        return _dense_to_csr(matrix), False
+    if matrix.format == "csr" and _is_canonical_without_zeros(matrix):
+        return sp.csr_matrix((matrix.data, matrix.indices, matrix.indptr), shape=matrix.shape), True
     csr = sp.csr_matrix(matrix, copy=True)
     csr.sum_duplicates()
     csr.eliminate_zeros()
-    return csr
+    return csr, False
+
+
+def _private_float32(counts: sp.csr_matrix, shared: bool) -> sp.csr_matrix:
+    """``counts`` as float32 in memory of scamort's own (one copy at most)."""
+    if counts.dtype == np.float32 and not shared:
+        return counts
+    return counts.astype(np.float32, copy=True)
 
 
 def _feature_names(adata: ad.AnnData, container: str) -> list[str]:
@@ -123,7 +174,7 @@ def read_counts(
     refuse_missing_names(adata.obs_names, f"{container}.obs_names", "name every cell")
     if (adata.n_obs == 0 and not allow_no_cells) or len(names) == 0:
         raise InputError(f"{where} is empty ({adata.n_obs} cells × {len(names)} features); nothing to model.")
-    counts = _as_csr(raw)
+    counts, shared = _as_csr(raw)
     check_counts(
         counts,
         where=where,
@@ -131,7 +182,7 @@ def read_counts(
         features=names,
         binary=modality.is_binary and not modality.binarize,
     )
-    return counts.astype(np.float32), names, where
+    return _private_float32(counts, shared), names, where
 
 
 def align_features(

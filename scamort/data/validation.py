@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,12 +27,28 @@ __all__ = [
 MAX_COUNT = 2**24
 
 
+#: Entries checked at a time: the checks' temporary arrays stay small whatever the matrix's size.
+_CHECK_BLOCK = 1 << 20
+
+
 def _first_location(
-    matrix: sp.csr_matrix, bad_data: np.ndarray, cells: Sequence[str], features: Sequence[str]
+    matrix: sp.csr_matrix, position: int, cells: Sequence[str], features: Sequence[str]
 ) -> str:
-    position = int(np.flatnonzero(bad_data)[0])
     row = int(np.searchsorted(matrix.indptr, position, side="right") - 1)
     return f"cell {cells[row]!r}, feature {features[matrix.indices[position]]!r}"
+
+
+def _count_and_first(data: np.ndarray, is_bad: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
+    """How many entries of ``data`` ``is_bad`` flags and the position of the first (-1: none), block by
+    block (no temporary array of the size of ``data``)."""
+    n_bad, first = 0, -1
+    for start in range(0, data.shape[0], _CHECK_BLOCK):
+        bad = is_bad(data[start : start + _CHECK_BLOCK])
+        found = int(np.count_nonzero(bad))
+        if found and first < 0:
+            first = start + int(np.flatnonzero(bad)[0])
+        n_bad += found
+    return n_bad, first
 
 
 def check_counts(
@@ -59,16 +75,20 @@ def check_counts(
     """
     data = matrix.data
     # (which entries, what they are, how to fix it); the first failing check is reported
-    checks: list[tuple[np.ndarray, str, str]] = [
-        (~np.isfinite(data), "NaN or infinite entries", "remove or fill them before fitting"),
-        (data < 0, "negative entries", "scamort models raw counts; pass the raw count layer with layer="),
+    checks: list[tuple[Callable[[np.ndarray], np.ndarray], str, str]] = [
+        (lambda d: ~np.isfinite(d), "NaN or infinite entries", "remove or fill them before fitting"),
         (
-            data != np.round(data),
+            lambda d: d < 0,
+            "negative entries",
+            "scamort models raw counts; pass the raw count layer with layer=",
+        ),
+        (
+            lambda d: d != np.round(d),
             "non-integer entries",
             "scamort models raw counts, not normalised or log values; pass the raw count layer with layer=",
         ),
         (
-            data > MAX_COUNT,
+            lambda d: d > MAX_COUNT,
             f"entries above {MAX_COUNT:,} (2^24), the largest count scamort supports",
             "float32 holds whole numbers exactly only up to there; check that these are raw counts of "
             "single features, and remove or rescale such features",
@@ -76,11 +96,11 @@ def check_counts(
     ]
     if binary:
         binary_fix = "use binarize=True or a count likelihood"
-        checks.append((data > 1, "non-binary (not 0 or 1) entries", binary_fix))
-    for bad, what, fix in checks:
-        n_bad = int(np.count_nonzero(bad))
+        checks.append((lambda d: d > 1, "non-binary (not 0 or 1) entries", binary_fix))
+    for is_bad, what, fix in checks:
+        n_bad, first = _count_and_first(data, is_bad)
         if n_bad:
-            location = _first_location(matrix, bad, cells, features)
+            location = _first_location(matrix, first, cells, features)
             raise InputError(f"{where} has {n_bad} {what} (first at {location}): {fix}.")
 
 
