@@ -14,6 +14,7 @@ read, never which minibatches are made: the same seed trains the same weights wi
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -106,6 +107,20 @@ class BackedCellData:
         disk = tuple(replace(m, summary=m.summary.to(device)) for m in self.disk)
         return replace(self, disk=disk, covariates=self.covariates.to(device), target_device=device)
 
+    def rechunked(
+        self, chunk_size: int, pool_chunks: int | None = None, prefetch: int | None = None
+    ) -> BackedCellData:
+        """The same data read ``chunk_size`` rows at a time, ``pool_chunks`` blocks per pool and
+        ``prefetch`` pools ahead (None: unchanged)."""
+        disk = tuple(replace(m, source=replace(m.source, chunk_size=chunk_size)) for m in self.disk)
+        return replace(
+            self,
+            disk=disk,
+            chunk_size=chunk_size,
+            pool_chunks=self.pool_chunks if pool_chunks is None else pool_chunks,
+            prefetch=self.prefetch if prefetch is None else prefetch,
+        )
+
     def restricted_to(self, names: Sequence[str]) -> BackedCellData:
         """The same cells with every modality not in ``names`` marked unmeasured in all of them."""
         disk = tuple(
@@ -117,9 +132,13 @@ class BackedCellData:
         return replace(self, disk=disk)
 
     def epoch_order(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A shuffled order of ``index`` that reads well from disk: blocks of ``chunk_size`` consecutive
-        entries are shuffled, then entries within each pool of ``pool_chunks`` blocks."""
-        blocks = list(torch.split(index, self.chunk_size))
+        """A shuffled order of ``index`` that reads well from disk: the entries of each stored block of
+        ``chunk_size`` rows stay together, blocks are shuffled, then entries within each pool of
+        ``pool_chunks`` blocks (so that every block is read once per epoch)."""
+        _, sizes = torch.unique_consecutive(
+            torch.div(index, self.chunk_size, rounding_mode="floor"), return_counts=True
+        )
+        blocks = list(torch.split(index, sizes.tolist()))
         block_order = torch.randperm(len(blocks), generator=generator, device=generator.device)
         ordered = [blocks[i] for i in block_order.tolist()]
         pools = []
@@ -162,45 +181,86 @@ class BackedCellData:
         """Cells at positions ``index`` as one minibatch."""
         return self.take(index).slice(0, index.shape[0])
 
-    def _windows(self, index: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-        """``index`` cut into pools of whole minibatches (the last one may be short)."""
-        window = self.chunk_size * self.pool_chunks
-        window -= window % batch_size or 0
-        window = max(window, batch_size)
-        return [index[start : start + window] for start in range(0, index.shape[0], window)]
+    def _windows(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """``index`` cut where it reaches a new group of ``pool_chunks`` stored blocks (the pools of
+        :meth:`epoch_order`; runs of blocks for a sorted index), each at most a pool's worth of rows."""
+        blocks = torch.div(index, self.chunk_size, rounding_mode="floor").cpu().numpy()
+        first_seen = np.sort(np.unique(blocks, return_index=True)[1])
+        starts = [*first_seen[:: self.pool_chunks].tolist(), index.shape[0]]
+        most = self.chunk_size * self.pool_chunks
+        return [
+            index[start : min(start + most, stop)]
+            for begin, stop in itertools.pairwise(starts)
+            for start in range(begin, stop, most)
+        ]
 
-    def iterate(self, index: torch.Tensor, batch_size: int) -> Iterator[Minibatch]:
-        """Minibatches over ``index`` in order, reading one pool of rows at a time (the next ``prefetch``
-        pools in the background)."""
-        windows = self._windows(index, batch_size)
+    def _pools(self, windows: list[torch.Tensor]) -> Iterator[CellData]:
+        """The cells of each window in turn, read ``prefetch`` windows ahead on a background thread."""
         if self.prefetch <= 0 or len(windows) == 1:
-            for chunk in windows:
-                yield from self._pool_batches(self.take(chunk), chunk.shape[0], batch_size)
+            yield from map(self.take, windows)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scamort-prefetch") as executor:
-            pending: deque[Future[CellData]] = deque()
-            upcoming = iter(windows)
+            pending: deque[Future[CellData]] = deque(
+                executor.submit(self.take, w) for w in windows[: self.prefetch + 1]
+            )
+            upcoming = iter(windows[self.prefetch + 1 :])
             try:
-                for chunk in upcoming:
-                    pending.append(executor.submit(self.take, chunk))
-                    if len(pending) > self.prefetch:
-                        break
                 while pending:
                     pool = pending.popleft().result()
                     following = next(upcoming, None)
                     if following is not None:
                         pending.append(executor.submit(self.take, following))
-                    yield from self._pool_batches(pool, pool.n_cells, batch_size)
+                    yield pool
             finally:
                 for future in pending:  # stopped early (e.g. a time budget): drop what was read ahead
                     future.cancel()
 
-    @staticmethod
-    def _pool_batches(pool: CellData, n: int, batch_size: int) -> Iterator[Minibatch]:
-        """Minibatches of consecutive cells of a pool that is already in order (slices, no copy)."""
-        host_indptrs = {name: t.indptr.cpu().numpy() for name, t in pool.modalities.items()}
-        for start in range(0, n, batch_size):
-            yield pool.slice(start, min(start + batch_size, n), host_indptrs)
+    def iterate(self, index: torch.Tensor, batch_size: int) -> Iterator[Minibatch]:
+        """Minibatches over ``index`` in order, reading one pool of rows at a time (the next ``prefetch``
+        pools in the background). A minibatch that spans two pools joins the end of one, kept in
+        memory, to the start of the next: each pool is read once."""
+        carry: CellData | None = None
+        for pool in self._pools(self._windows(index)):
+            if carry is not None:
+                pool = _concatenated(carry, pool)
+            whole = pool.n_cells - pool.n_cells % batch_size
+            yield from _consecutive_batches(pool, whole, batch_size)
+            carry = (
+                pool.take(torch.arange(whole, pool.n_cells, device=pool.device))
+                if whole < pool.n_cells
+                else None
+            )
+        if carry is not None:
+            yield from _consecutive_batches(carry, carry.n_cells, batch_size)
+
+
+def _consecutive_batches(pool: CellData, n: int, batch_size: int) -> Iterator[Minibatch]:
+    """Minibatches of the first ``n`` cells of a pool that is already in order (slices, no copy)."""
+    host_indptrs = {name: t.indptr.cpu().numpy() for name, t in pool.modalities.items()}
+    for start in range(0, n, batch_size):
+        yield pool.slice(start, min(start + batch_size, n), host_indptrs)
+
+
+def _concatenated(first: CellData, second: CellData) -> CellData:
+    """The cells of ``first`` then those of ``second`` (no feature masks: out-of-core data has none)."""
+
+    def joined(a: ModalityTensors, b: ModalityTensors) -> ModalityTensors:
+        return ModalityTensors(
+            indptr=torch.cat([a.indptr, b.indptr[1:] + a.indptr[-1]]),
+            indices=torch.cat([a.indices, b.indices]),
+            values=torch.cat([a.values, b.values]),
+            n_features=a.n_features,
+            log_library=torch.cat([a.log_library, b.log_library]),
+            log_factorial=torch.cat([a.log_factorial, b.log_factorial]),
+            present=torch.cat([a.present, b.present]),
+        )
+
+    return CellData(
+        modalities={name: joined(t, second.modalities[name]) for name, t in first.modalities.items()},
+        batch_index=torch.cat([first.batch_index, second.batch_index]),
+        categorical=torch.cat([first.categorical, second.categorical]),
+        continuous=torch.cat([first.continuous, second.continuous]),
+    )
 
 
 #: Encoded cells as the model, training and inference read them: in memory or out of core (both give

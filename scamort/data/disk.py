@@ -30,6 +30,7 @@ try:
 except ImportError:  # pragma: no cover - zarr ships with anndata
     _ZARR_ARRAYS = ()
 
+
 def is_on_disk(matrix: object) -> bool:
     """Whether ``matrix`` is stored on disk (an anndata sparse dataset, an HDF5 or a Zarr array)."""
     return isinstance(matrix, (*BackedSparse, h5py.Dataset, *_ZARR_ARRAYS))
@@ -67,7 +68,7 @@ class RowSource:
     columns: np.ndarray | None = None
     binarize: bool = False
     chunk_size: int = 8192
-    _last: _LastBlock = field(default_factory=_LastBlock, compare=False, repr=False)
+    _last: _LastBlock = field(default_factory=_LastBlock, init=False, compare=False, repr=False)
 
     @property
     def n_rows(self) -> int:

@@ -176,7 +176,8 @@ def _open(
         present &= _present_flag(data.obs, modality.present_key, name)
     summary = ModalitySummary(
         n_features=len(expected),
-        log_library=torch.tensor(np.log(np.maximum(library, 1.0)), dtype=torch.float32),
+        # as ModalityTensors.from_csr computes it: the float32 total, its float32 log
+        log_library=torch.as_tensor(np.log(np.maximum(library.astype(np.float32), np.float32(1.0)))),
         present=torch.as_tensor(present),
     )
     return DiskModality(name, source, member_rows, summary), present & (library > 0)
