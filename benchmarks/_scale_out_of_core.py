@@ -92,6 +92,42 @@ def case_store(store: str, n_cells: int, path: str | None = None, prefetch: int 
     }
 
 
+def case_interleaved(store: str, n_cells: int, path: str, rounds: int = 3) -> dict[str, Any]:
+    """Throughput of ``store`` against the same cells in memory in one process, one epoch of each in
+    turn (round 1 is each one's first epoch), so that a loaded machine's drifting speed cancels in each
+    round's ratio."""
+    from _common import warm_up_torch
+
+    import scamort
+
+    cite = store == "h5mu"
+    modalities = {k: scamort.Modality(**v) for k, v in CITE_MODALITIES.items()} if cite else None
+    warm_up_torch()
+    models = {
+        "memory": scamort.Model(
+            _open("memory_cite" if cite else "memory_rna", None, n_cells), modalities=modalities
+        ),
+        "disk": scamort.Model(_open(store, path, n_cells), modalities=modalities),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            started = time.perf_counter()
+            model.train(max_epochs=1, batch_size=BATCH, early_stopping=False, progress_bar=False)
+            seconds[name].append(time.perf_counter() - started)
+    ratios = [m / d for m, d in zip(seconds["memory"], seconds["disk"], strict=True)]
+    return {
+        "tool": "scamort",
+        "interleaved": store,
+        "n_cells": n_cells,
+        "batch_size": BATCH,
+        "train_call_seconds": seconds,
+        "speed_ratio_per_round": ratios,
+        "first_epoch_ratio": ratios[0],
+        "later_epochs_ratio": float(np.median(ratios[1:])),
+    }
+
+
 def _size_mb(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 2**20
@@ -115,6 +151,15 @@ def cases(quick: bool, workdir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     out[f"memory_cite_{small}"] = ("store", {"store": "memory_cite", "n_cells": small})
     for n in (small, large):
         out[f"h5mu_{n}"] = ("store", {"store": "h5mu", "n_cells": n, "path": str(workdir / f"cite_{n}.h5mu")})
+    for store, path in (
+        ("h5ad", f"rna_{small}.h5ad"),
+        ("zarr", f"rna_{small}.zarr"),
+        ("h5mu", f"cite_{small}.h5mu"),
+    ):
+        out[f"interleaved_{store}_{small}"] = (
+            "interleaved",
+            {"store": store, "n_cells": small, "path": str(workdir / path)},
+        )
     return out
 
 
@@ -124,7 +169,7 @@ def prepare(selected: dict[str, tuple[str, dict[str, Any]]]) -> None:
 
     for kind, kwargs in selected.values():
         path = Path(kwargs.get("path") or "")
-        if kind != "store" or kwargs["store"].startswith("memory") or path.exists():
+        if kind not in ("store", "interleaved") or kwargs["store"].startswith("memory") or path.exists():
             continue
         if kwargs["store"] == "h5mu":
             grow_cite_to_h5mu(kwargs["n_cells"], path, SEED)
@@ -166,4 +211,9 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             if small is not None:
                 entry["peak_rss_large_over_small"] = run["peak_rss_mb"] / small["peak_rss_mb"]
         out[name] = entry
+    for name, run in results.items():
+        if isinstance(run, dict) and "interleaved" in run:
+            out[name] = {
+                k: run[k] for k in ("first_epoch_ratio", "later_epochs_ratio", "speed_ratio_per_round")
+            }
     return out

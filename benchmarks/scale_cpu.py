@@ -149,7 +149,12 @@ def _cases(quick: bool, workdir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def _run_case(kind: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    functions = {"scamort": case_scamort, "scvi": case_scvi, "store": out_of_core.case_store}
+    functions = {
+        "scamort": case_scamort,
+        "scvi": case_scvi,
+        "store": out_of_core.case_store,
+        "interleaved": out_of_core.case_interleaved,
+    }
     return functions[kind](**kwargs)
 
 

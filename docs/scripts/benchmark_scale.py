@@ -107,7 +107,35 @@ def scale_cpu(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -
     stores = {k: c for k, c in cases.items() if "store" in c}
     if stores:
         out.append(_out_of_core(stores, data.get("summary", {}).get("out_of_core", {}), data))
-    memory = {k: c for k, c in cases.items() if "heldout_elbo" not in c and "store" not in c}
+    interleaved = {k: c for k, c in cases.items() if "interleaved" in c}
+    if interleaved:
+        out.append(
+            "\nThe same comparison in one process, one epoch of in-memory and out-of-core training in turn "
+            "(speed ratios in memory time / out-of-core time per round; round 1 is each one's first "
+            "epoch):\n\n"
+        )
+        out.append(
+            table(
+                ["case", "store", "cells", "batch", "ratio per round", "1st epoch", "later"],
+                [
+                    [
+                        f"`{k}`",
+                        c.get("interleaved"),
+                        c.get("n_cells"),
+                        c.get("batch_size"),
+                        ", ".join(f"{r:.2f}" for r in c.get("speed_ratio_per_round", [])),
+                        c.get("first_epoch_ratio"),
+                        c.get("later_epochs_ratio"),
+                    ]
+                    for k, c in interleaved.items()
+                ],
+            )
+        )
+    memory = {
+        k: c
+        for k, c in cases.items()
+        if "heldout_elbo" not in c and "store" not in c and "interleaved" not in c
+    }
     if memory:
         out.append("\n### Memory at a million cells\n\n")
         out.append(
