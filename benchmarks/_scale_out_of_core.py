@@ -51,6 +51,23 @@ def _heldout(store: str) -> Any:
     )
 
 
+def _time_reads() -> list[tuple[float, float]]:
+    """Record (start, seconds) of every pool read from disk from now on, in this process."""
+    from scamort.data.backed import BackedCellData
+
+    reads: list[tuple[float, float]] = []
+    take = BackedCellData.take
+
+    def timed(self: BackedCellData, index: Any) -> Any:
+        started = time.perf_counter()
+        pool = take(self, index)
+        reads.append((started, time.perf_counter() - started))
+        return pool
+
+    BackedCellData.take = timed  # type: ignore[method-assign]
+    return reads
+
+
 def case_store(store: str, n_cells: int, path: str | None = None, prefetch: int = 1) -> dict[str, Any]:
     """Train on ``store`` (``memory_rna``, ``memory_cite``, ``h5ad``, ``zarr`` or ``h5mu``)."""
     from _common import peak_rss_mb, reset_peak_rss, warm_up_torch
@@ -69,8 +86,15 @@ def case_store(store: str, n_cells: int, path: str | None = None, prefetch: int 
     setup_seconds = time.perf_counter() - started - opened_seconds
     if prefetch != 1:  # the default is one pool ahead; the comparison without it reaches in
         model._data = model._data.rechunked(model._data.chunk_size, prefetch=prefetch)
+    reads = _time_reads()
+    train_started = time.perf_counter()
     history = model.train(max_epochs=EPOCHS, batch_size=BATCH, early_stopping=False, progress_bar=False)
     seconds = history["seconds"].to_numpy()
+    # seconds spent reading pools (on the prefetch thread, if any), by the epoch they started in
+    ends = np.cumsum(seconds)
+    read_seconds = np.zeros(len(seconds))
+    for began, took in reads:
+        read_seconds[min(int(np.searchsorted(ends, began - train_started)), len(seconds) - 1)] += took
     n_train = len(model.train_indices)
     return {
         "tool": "scamort",
@@ -86,6 +110,7 @@ def case_store(store: str, n_cells: int, path: str | None = None, prefetch: int 
         "first_epoch_cells_per_second": n_train / seconds[0],
         "later_epochs_cells_per_second": n_train / float(np.median(seconds[1:])),
         "cells_per_second": n_train * len(seconds) / float(seconds.sum()),
+        "read_seconds_per_epoch": read_seconds.tolist() if reads else None,
         "heldout_elbo": model.get_elbo(held_out),
         "peak_rss_mb": peak_rss_mb(),
         "file_mb": None if path is None else _size_mb(Path(path)),

@@ -158,10 +158,6 @@ def _run_case(kind: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return functions[kind](**kwargs)
 
 
-#: Cases of earlier versions of this script, replaced by the out-of-core ones (dropped by --merge).
-SUPERSEDED = ("scamort_1M_memory", "scamort_backed_200000", "scamort_backed_1000000")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,7 +183,7 @@ def main() -> None:
     out_of_core.prepare(cases)
     out = args.out or RESULTS / ("scale_cpu_quick.json" if args.quick else "scale_cpu.json")
     merged = json.loads(out.read_text()) if args.merge and out.exists() else {}
-    results: dict[str, Any] = {k: v for k, v in merged.get("cases", {}).items() if k not in SUPERSEDED}
+    results: dict[str, Any] = dict(merged.get("cases", {}))
     for name, (kind, kwargs) in cases.items():
         print(f"running {name} ...", flush=True)
         done = subprocess.run(
