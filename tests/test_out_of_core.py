@@ -224,3 +224,25 @@ def test_out_of_core_bad_input_is_one_sentence(tmp_path) -> None:
         open_zarr(tmp_path / "cite.h5ad")
     with pytest.raises(scamort.InputError, match=r"does not exist"):
         open_zarr(tmp_path / "missing.zarr")
+
+
+@pytest.mark.parametrize("batch_size", [32, 50, 200])
+def test_minibatches_across_pools_are_those_of_in_memory_data(tmp_path, batch_size) -> None:
+    """Pools of any size and minibatches spanning two of them: the same minibatches, in the same order,
+    as the in-memory data gives for the same order of cells."""
+    mdata = _mudata(n_cells=500, shuffled=True)
+    mdata.write(tmp_path / "cite.h5mu")
+    on_disk = scamort.Model(md.read_h5mu(tmp_path / "cite.h5mu", backed=True), modalities=MU)._data
+    on_disk = on_disk.rechunked(40, pool_chunks=3, prefetch=1)
+    in_memory = scamort.Model(md.read_h5mu(tmp_path / "cite.h5mu"), modalities=MU)._data
+    order = on_disk.epoch_order(torch.arange(3, 490), torch.Generator().manual_seed(0))
+    pairs = list(zip(on_disk.iterate(order, batch_size), in_memory.iterate(order, batch_size), strict=True))
+    assert len(pairs) == -(-order.numel() // batch_size)
+    for disk, memory in pairs:
+        for name in MU:
+            a, b = disk.modalities[name], memory.modalities[name]
+            assert torch.equal(a.counts.to_dense(), b.counts.to_dense())
+            for field in ("log_library", "present"):
+                assert torch.equal(getattr(a, field), getattr(b, field))
+            assert torch.equal(a.counts.log_factorial, b.counts.log_factorial)
+        assert torch.equal(disk.batch_index, memory.batch_index)

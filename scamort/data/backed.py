@@ -163,12 +163,7 @@ class BackedCellData:
         :class:`CellData` on the device."""
         rows = index.cpu().numpy()
         positions = torch.as_tensor(rows, device=self.covariates.device)
-        modalities = {
-            m.name: ModalityTensors.from_csr(
-                self._counts(m, rows), m.summary.present[positions].cpu().numpy()
-            ).to(self.device)
-            for m in self.disk
-        }
+        modalities = {m.name: self._tensors(m, rows, positions) for m in self.disk}
         return CellData(
             modalities=modalities,
             batch_index=self.covariates.batch_index[positions],
@@ -176,6 +171,22 @@ class BackedCellData:
             continuous=self.covariates.continuous[positions],
             labels=None if self.covariates.labels is None else self.covariates.labels[positions],
         )
+
+    def _tensors(self, modality: DiskModality, rows: np.ndarray, positions: torch.Tensor) -> ModalityTensors:
+        """One modality of the cells at ``rows``: the counts read from disk, library sizes and
+        log-factorials from the summary (the same values :meth:`ModalityTensors.from_csr` computes)."""
+        counts = self._counts(modality, rows)
+        counts.sum_duplicates()
+        summary = modality.summary
+        return ModalityTensors(
+            indptr=torch.as_tensor(counts.indptr.astype(np.int64)),
+            indices=torch.as_tensor(counts.indices.astype(np.int64)),
+            values=torch.as_tensor(counts.data.astype(np.float32)),
+            n_features=counts.shape[1],
+            log_library=summary.log_library[positions].cpu(),
+            log_factorial=summary.log_factorial[positions].cpu(),
+            present=summary.present[positions].cpu(),
+        ).to(self.device)
 
     def minibatch(self, index: torch.Tensor) -> Minibatch:
         """Cells at positions ``index`` as one minibatch."""
@@ -219,26 +230,28 @@ class BackedCellData:
         """Minibatches over ``index`` in order, reading one pool of rows at a time (the next ``prefetch``
         pools in the background). A minibatch that spans two pools joins the end of one, kept in
         memory, to the start of the next: each pool is read once."""
-        carry: CellData | None = None
+        carry: CellData | None = None  # the cells of a minibatch begun in an earlier pool
         for pool in self._pools(self._windows(index)):
+            start = 0
             if carry is not None:
-                pool = _concatenated(carry, pool)
-            whole = pool.n_cells - pool.n_cells % batch_size
-            yield from _consecutive_batches(pool, whole, batch_size)
-            carry = (
-                pool.take(torch.arange(whole, pool.n_cells, device=pool.device))
-                if whole < pool.n_cells
-                else None
-            )
+                start = min(batch_size - carry.n_cells, pool.n_cells)
+                carry = _concatenated(carry, pool.take(torch.arange(start, device=pool.device)))
+                if carry.n_cells < batch_size:
+                    continue
+                yield carry.slice(0, batch_size)
+            whole = start + (pool.n_cells - start) // batch_size * batch_size
+            yield from _consecutive_batches(pool, start, whole, batch_size)
+            rest = torch.arange(whole, pool.n_cells, device=pool.device)
+            carry = pool.take(rest) if rest.numel() else None
         if carry is not None:
-            yield from _consecutive_batches(carry, carry.n_cells, batch_size)
+            yield carry.slice(0, carry.n_cells)
 
 
-def _consecutive_batches(pool: CellData, n: int, batch_size: int) -> Iterator[Minibatch]:
-    """Minibatches of the first ``n`` cells of a pool that is already in order (slices, no copy)."""
+def _consecutive_batches(pool: CellData, start: int, stop: int, batch_size: int) -> Iterator[Minibatch]:
+    """Minibatches of cells ``start:stop`` of a pool that is already in order (slices, no copy)."""
     host_indptrs = {name: t.indptr.cpu().numpy() for name, t in pool.modalities.items()}
-    for start in range(0, n, batch_size):
-        yield pool.slice(start, min(start + batch_size, n), host_indptrs)
+    for first in range(start, stop, batch_size):
+        yield pool.slice(first, min(first + batch_size, stop), host_indptrs)
 
 
 def _concatenated(first: CellData, second: CellData) -> CellData:

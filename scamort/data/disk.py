@@ -76,17 +76,17 @@ class RowSource:
         return int(self.matrix.shape[0])
 
     def block(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` as stored (all stored columns, the stored values), CSR float64."""
+        """Rows ``start:stop`` as stored (all stored columns, the stored values and dtype), CSR."""
         matrix = self.matrix
         if isinstance(matrix, pd.DataFrame):
-            part: Any = matrix.iloc[start:stop].to_numpy(dtype=np.float64)
+            part: Any = matrix.iloc[start:stop].to_numpy()
         else:
             part = matrix[start:stop]
         if not sp.issparse(part):
             part = np.asarray(part)
             if part.dtype == np.float16:
                 part = part.astype(np.float32)
-        csr = sp.csr_matrix(part, dtype=np.float64)
+        csr = sp.csr_matrix(part)
         csr.sum_duplicates()
         csr.eliminate_zeros()
         return csr
