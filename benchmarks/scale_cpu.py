@@ -1,13 +1,15 @@
-"""Speed and scale on CPU: scamort vs scvi-tools' SCVI on 20k cells, a batch-size sweep, 1M cells in
-memory, and out-of-core training from backed ``.h5ad`` files of two sizes.
+"""Speed and scale on CPU: scamort vs scvi-tools' SCVI on 20k cells, a batch-size sweep, and out-of-core
+training from a backed ``.h5ad``, a backed ``.h5mu`` (RNA + protein) and a Zarr store at 200k and 1M cells
+against the same cells in memory (:mod:`_scale_out_of_core`).
 
 Each case runs in its own fresh subprocess, one after another (never two torch processes at once), so
 that its peak resident memory is its own. Data are grown from the bundled worm neurons (2000 HVGs) by
-bootstrapping cells with binomial thinning (:mod:`scamort.scale`).
+bootstrapping cells with binomial thinning (:mod:`scamort.scale`); the CITE-seq cells from the bundled BMMC
+set the same way (:mod:`_scale_stores`).
 
     python benchmarks/scale_cpu.py                 # everything (about 20-30 minutes on 2 cores)
     python benchmarks/scale_cpu.py --quick         # a smoke run
-    python benchmarks/scale_cpu.py --cases scamort_b128 scvi_b128
+    python benchmarks/scale_cpu.py --cases h5ad_1000000 zarr_1000000 --merge  # beside the other cases
 
 Writes ``benchmarks/results/scale_cpu.json``.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _scale_out_of_core as out_of_core
 from _common import (
     environment_info,
     heldout_split,
@@ -93,18 +96,6 @@ def case_scamort(
     }
 
 
-def _throughput(model: Any, history: Any) -> dict[str, Any]:
-    """Epochs, median seconds per epoch, training cells per second, the validation ELBO per epoch and
-    the peak host memory of one run."""
-    return {
-        "epochs_run": len(history),
-        "seconds_per_epoch": float(np.median(history["seconds"])),
-        "cells_per_second": len(model.train_indices) / float(np.median(history["seconds"])),
-        "validation_elbo_per_epoch": history["validation_elbo"].tolist(),
-        "peak_rss_mb": peak_rss_mb(),
-    }
-
-
 def case_scvi(n_cells: int, batch_size: int, epochs: int, max_seconds: float | None) -> dict[str, Any]:
     """Train scvi-tools' SCVI (defaults, same architecture) on the same grown data."""
     import scvi
@@ -134,46 +125,6 @@ def case_scvi(n_cells: int, batch_size: int, epochs: int, max_seconds: float | N
     }
 
 
-def case_million(n_cells: int, batch_size: int, epochs: int) -> dict[str, Any]:
-    """1M cells in memory: a few epochs, peak host memory (the dense matrix would be 8 GB)."""
-    import scamort
-
-    adata = _grown(n_cells)
-    nnz = adata.X.nnz
-    warm_up_torch()
-    reset_peak_rss()
-    model = scamort.Model(adata)
-    history = model.train(max_epochs=epochs, batch_size=batch_size, early_stopping=False, progress_bar=False)
-    return {
-        "tool": "scamort",
-        "n_cells": n_cells,
-        "nnz": nnz,
-        "batch_size": batch_size,
-        **_throughput(model, history),
-        "dense_matrix_would_be_mb": n_cells * adata.n_vars * 4 / 2**20,
-    }
-
-
-def case_backed(path: str, batch_size: int, epochs: int) -> dict[str, Any]:
-    """Out of core: train from a backed .h5ad; peak host memory."""
-    import anndata as ad
-
-    import scamort
-
-    warm_up_torch()
-    reset_peak_rss()
-    adata = ad.read_h5ad(path, backed="r")
-    model = scamort.Model(adata)
-    history = model.train(max_epochs=epochs, batch_size=batch_size, early_stopping=False, progress_bar=False)
-    return {
-        "tool": "scamort (backed)",
-        "n_cells": adata.n_obs,
-        "file_mb": Path(path).stat().st_size / 2**20,
-        "batch_size": batch_size,
-        **_throughput(model, history),
-    }
-
-
 def _cases(quick: bool, workdir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     n20k = 4000 if quick else 20_000
     epochs = 2 if quick else 10
@@ -193,30 +144,18 @@ def _cases(quick: bool, workdir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     for rule in LR_RULES:
         for batch in SWEEP[:2] if quick else SWEEP:
             cases[f"scamort_{rule}_b{batch}"] = ("scamort", {**b128, "batch_size": batch, "lr_scaling": rule})
-    million = 50_000 if quick else 1_000_000
-    cases["scamort_1M_memory"] = ("million", {"n_cells": million, "batch_size": 1024, "epochs": 2})
-    for n in (million // 5, million):
-        cases[f"scamort_backed_{n}"] = (
-            "backed",
-            {"path": str(workdir / f"grown_{n}.h5ad"), "batch_size": 1024, "epochs": 1},
-        )
+    cases.update(out_of_core.cases(quick, workdir))
     return cases
 
 
 def _run_case(kind: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    functions = {"scamort": case_scamort, "scvi": case_scvi, "million": case_million, "backed": case_backed}
+    functions = {
+        "scamort": case_scamort,
+        "scvi": case_scvi,
+        "store": out_of_core.case_store,
+        "interleaved": out_of_core.case_interleaved,
+    }
     return functions[kind](**kwargs)
-
-
-def _prepare_backed(cases: dict[str, tuple[str, dict[str, Any]]]) -> None:
-    from scamort.scale import grow_to_h5ad
-
-    source = select_hvg_counts(load_worm_neurons())
-    for kind, kwargs in cases.values():
-        path = Path(kwargs.get("path", ""))
-        if kind == "backed" and not path.exists():
-            n_cells = int(path.stem.split("_")[1])
-            grow_to_h5ad(source, n_cells, path, seed=2, chunk_size=65_536)
 
 
 def main() -> None:
@@ -228,16 +167,23 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     parser.add_argument("--kwargs", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="where the grown stores are (kept)")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the results file's other cases (the run's own replace)"
+    )
     args = parser.parse_args()
     if args.case:
         print(json.dumps(_run_case(args.case, json.loads(args.kwargs))))
         return
-    workdir = Path(tempfile.mkdtemp(prefix="scamort_scale_"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scamort_scale_"))
+    workdir.mkdir(parents=True, exist_ok=True)
     cases = _cases(args.quick, workdir)
     if args.cases:
         cases = {k: v for k, v in cases.items() if k in args.cases}
-    _prepare_backed(cases)
-    results: dict[str, Any] = {}
+    out_of_core.prepare(cases)
+    out = args.out or RESULTS / ("scale_cpu_quick.json" if args.quick else "scale_cpu.json")
+    merged = json.loads(out.read_text()) if args.merge and out.exists() else {}
+    results: dict[str, Any] = dict(merged.get("cases", {}))
     for name, (kind, kwargs) in cases.items():
         print(f"running {name} ...", flush=True)
         done = subprocess.run(
@@ -253,8 +199,11 @@ def main() -> None:
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"  {results[name]}", flush=True)
     summary = _summary(results)
-    out = args.out or RESULTS / ("scale_cpu_quick.json" if args.quick else "scale_cpu.json")
-    write_json(out, {"environment": environment_info(), "cases": results, "summary": summary})
+    environment = environment_info()
+    report = {"environment": merged.get("environment", environment), "cases": results, "summary": summary}
+    if merged:  # the environment of this run's cases, beside that of the file's first run
+        report["environment_of_merged_cases"] = {"cases": list(cases), **environment}
+    write_json(out, report)
     print(json.dumps(summary, indent=1))
 
 
@@ -285,6 +234,7 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
                 summary[f"largest_batch_within_0.5pct_{rule}"] = best["batch_size"]
                 summary[f"cells_per_second_at_that_batch_{rule}"] = best["cells_per_second"]
                 summary[f"heldout_elbo_at_that_batch_{rule}"] = best["heldout_elbo"]
+    summary["out_of_core"] = out_of_core.summary(results)
     budget = {k: results[k]["heldout_elbo"] for k in ("scamort_budget", "scvi_budget") if k in results}
     if budget:
         summary["heldout_elbo_after_time_budget"] = budget

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 from scamort import inference
 from scamort._checks import is_real_number, is_whole_number
@@ -47,7 +48,6 @@ from scamort.feature_masks import restrict_to_measured
 
 if TYPE_CHECKING:
     import anndata as ad
-    import torch
 
     from scamort.data import Registry
     from scamort.data.backed import EncodedCells
@@ -201,16 +201,17 @@ def _by_feature_chunks(
 
 def _raw_statistics(data: EncodedCells, modality: str, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Observed-count summaries of the group's measured cells, each ``(n_features,)``."""
-    tensors = data.modalities[modality]
-    counts = sp.csr_matrix(
-        (tensors.values.cpu().numpy(), tensors.indices.cpu().numpy(), tensors.indptr.cpu().numpy()),
-        shape=(data.n_cells, tensors.n_features),
-    )
-    rows = np.flatnonzero(mask & tensors.present.cpu().numpy())
+    summary = data.modalities[modality]
+    rows = np.flatnonzero(mask & summary.present.cpu().numpy())
     if rows.size == 0:
-        nan = np.full(tensors.n_features, np.nan)
+        nan = np.full(summary.n_features, np.nan)
         return {"raw_mean": nan, "non_zeros_proportion": nan, "raw_normalized_mean": nan}
-    group = counts[rows]
+    # the group's rows only (read from disk for out-of-core data)
+    tensors = data.take(torch.as_tensor(rows, device=data.device)).modalities[modality]
+    group = sp.csr_matrix(
+        (tensors.values.cpu().numpy(), tensors.indices.cpu().numpy(), tensors.indptr.cpu().numpy()),
+        shape=(rows.size, tensors.n_features),
+    )
     library = np.maximum(np.asarray(group.sum(axis=1)).ravel(), 1.0)
     normalized = sp.diags(1e4 / library) @ group
     return {

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from scamort.data.cell_data import ModalityTensors
+from scamort.data.out_of_core import ModalitySummary
 from scamort.nn.decoder import NegativeBinomialMixtureDecoder
 
 __all__ = [
@@ -52,7 +53,7 @@ def initialize_masked_background(
 
 
 def measured_share(
-    proportions: np.ndarray, tensors: ModalityTensors, index: np.ndarray, likelihood: str
+    proportions: np.ndarray, tensors: ModalityTensors | ModalitySummary, index: np.ndarray, likelihood: str
 ) -> np.ndarray:
     """Share of each cell's expected counts on the features it measured, ``(len(index),)``; 1 without
     a mask or for Bernoulli likelihoods. ``proportions`` ``(len(index), n_features)`` are the
@@ -67,7 +68,9 @@ def measured_share(
     return (values * measured).sum(1) / values.sum(1)
 
 
-def measured_feature_groups(tensors: ModalityTensors) -> list[tuple[np.ndarray, np.ndarray]]:
+def measured_feature_groups(
+    tensors: ModalityTensors | ModalitySummary,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Features that the same cells measured, for those not measured in every cell.
 
     Returns
@@ -89,7 +92,7 @@ def measured_feature_groups(tensors: ModalityTensors) -> list[tuple[np.ndarray, 
 
 
 def restrict_to_measured(
-    tensors: ModalityTensors,
+    tensors: ModalityTensors | ModalitySummary,
     groups: tuple[np.ndarray, np.ndarray],
     scales: list[np.ndarray],
     raw: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],

@@ -18,8 +18,9 @@ import torch
 
 from scamort._checks import check_whole_number, is_real_number
 from scamort.data import CellData, Modality, Registry, build_registry, encode_cells
-from scamort.data.backed import BackedCellData, is_backed
+from scamort.data.backed import BackedCellData, is_out_of_core
 from scamort.data.measured import refuse_unmeasured_features
+from scamort.data.out_of_core import stored_features
 from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
 from scamort.errors import InputError
 from scamort.feature_masks import initialize_masked_background
@@ -211,9 +212,9 @@ def register(
     """
     modalities = {name: Modality(**spec) for name, spec in params["modalities"].items()}
     read: dict[str, ModalityCounts] | None
-    if is_backed(adata):  # out of core: counts are validated chunk by chunk in encode_cells
+    if is_out_of_core(adata, modalities):  # counts are validated chunk by chunk in encode_cells
         read = None
-        features = {name: list(map(str, adata.var_names)) for name in modalities}
+        features = stored_features(adata, modalities)
     else:
         read = read_modalities(adata, modalities)
         for name, entry in read.items():
@@ -312,8 +313,6 @@ def initialize_from_data(module: VAE, data: CellData | BackedCellData, max_cells
     for name in module.library_heads:
         tensors = data.modalities[name]
         module.library_head(name).initialize(tensors.log_library[tensors.present])
-    if not isinstance(data, CellData):  # out of core: no data-driven start
-        return
     for name, decoder in module.decoders.items():
         if not isinstance(decoder, NegativeBinomialMixtureDecoder):
             continue

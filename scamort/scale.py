@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import h5py
@@ -21,7 +22,7 @@ from scamort._checks import is_real_number, is_whole_number
 from scamort.data.validation import check_counts
 from scamort.errors import InputError
 
-__all__ = ["grow", "grow_to_h5ad"]
+__all__ = ["grow", "grow_to_h5ad", "open_zarr"]
 
 
 def _grown_chunks(
@@ -160,3 +161,50 @@ def _grown_obs(adata: ad.AnnData, source: np.ndarray) -> pd.DataFrame:
     obs.index = [f"cell{i}" for i in range(len(source))]
     obs["source_cell"] = np.asarray(adata.obs_names)[source]
     return obs
+
+
+def open_zarr(path: str | Path) -> ad.AnnData:
+    """An AnnData over a Zarr store whose sparse count matrices stay on disk, for out-of-core training.
+
+    ``.X`` and the layers stored sparse (CSR) are opened as anndata's on-disk sparse datasets
+    (``anndata.io.sparse_dataset``), so :class:`scamort.Model` reads them in chunks of rows like a
+    backed ``.h5ad``; ``.obs``, ``.var``, ``.obsm`` and dense layers are read into memory.
+
+    Parameters
+    ----------
+    path
+        A store written by ``AnnData.write_zarr`` (anndata's on-disk format).
+
+    Returns
+    -------
+    AnnData
+        Keep the store in place while the model uses it.
+
+    Raises
+    ------
+    InputError
+        If ``path`` is not an AnnData Zarr store.
+    """
+    import zarr
+
+    if not Path(path).exists():
+        raise InputError(f"{path} does not exist.")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        encoding = group.attrs.get("encoding-type")
+    except (FileNotFoundError, ValueError, KeyError, OSError, zarr.errors.GroupNotFoundError) as error:
+        raise InputError(f"{path} is not a Zarr store ({type(error).__name__}).") from None
+    if encoding != "anndata" or "obs" not in group or "var" not in group:
+        raise InputError(f"{path} is not an AnnData Zarr store (written by AnnData.write_zarr).")
+
+    def element(key: str) -> Any:
+        stored = group[key]
+        if stored.attrs.get("encoding-type") == "csr_matrix":
+            return ad.io.sparse_dataset(stored)
+        return ad.io.read_elem(stored)
+
+    parts = {key: ad.io.read_elem(group[key]) for key in ("obs", "var", "obsm", "uns") if key in group}
+    stored_layers = group["layers"] if "layers" in group else None
+    names = list(stored_layers.keys()) if isinstance(stored_layers, zarr.Group) else []
+    layers = {name: element(f"layers/{name}") for name in names}
+    return ad.AnnData(X=element("X") if "X" in group else None, layers=layers, **parts)

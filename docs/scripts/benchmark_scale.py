@@ -60,7 +60,7 @@ def scale_cpu(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -
         "(out-of-core) training on large grown data sets. Reproduce with `python benchmarks/scale_cpu.py`.\n",
         environment(data, name),
     ]
-    in_memory = {k: c for k, c in cases.items() if "heldout_elbo" in c}
+    in_memory = {k: c for k, c in cases.items() if "heldout_elbo" in c and "store" not in c}
     out.append("\n### Throughput and quality\n\n")
     out.append(
         table(
@@ -104,7 +104,38 @@ def scale_cpu(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -
                 "against batch size (drawn from the results file).",
             )
         )
-    memory = {k: c for k, c in cases.items() if "heldout_elbo" not in c}
+    stores = {k: c for k, c in cases.items() if "store" in c}
+    if stores:
+        out.append(_out_of_core(stores, data.get("summary", {}).get("out_of_core", {}), data))
+    interleaved = {k: c for k, c in cases.items() if "interleaved" in c}
+    if interleaved:
+        out.append(
+            "\nThe same comparison in one process, one epoch of in-memory and out-of-core training in turn "
+            "(speed ratios in memory time / out-of-core time per round; round 1 is each one's first "
+            "epoch):\n\n"
+        )
+        out.append(
+            table(
+                ["case", "store", "cells", "batch", "ratio per round", "1st epoch", "later"],
+                [
+                    [
+                        f"`{k}`",
+                        c.get("interleaved"),
+                        c.get("n_cells"),
+                        c.get("batch_size"),
+                        ", ".join(f"{r:.2f}" for r in c.get("speed_ratio_per_round", [])),
+                        c.get("first_epoch_ratio"),
+                        c.get("later_epochs_ratio"),
+                    ]
+                    for k, c in interleaved.items()
+                ],
+            )
+        )
+    memory = {
+        k: c
+        for k, c in cases.items()
+        if "heldout_elbo" not in c and "store" not in c and "interleaved" not in c
+    }
     if memory:
         out.append("\n### Memory at a million cells\n\n")
         out.append(
@@ -141,5 +172,48 @@ def scale_cpu(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -
     summary = data.get("summary", {})
     if summary:
         out.append("\n### Summary recorded by the script\n\n")
-        out.append(table(["quantity", "value"], [[f"`{k}`", v] for k, v in summary.items()]))
+        rows = [[f"`{k}`", v] for k, v in summary.items() if k != "out_of_core"]
+        out.append(table(["quantity", "value"], rows))
     return "\n".join(out)
+
+
+def _out_of_core(
+    stores: dict[str, dict[str, Any]], ratios: dict[str, dict[str, Any]], data: dict[str, Any]
+) -> str:
+    """The out-of-core cases against in memory: throughput (first epoch, later ones), memory, quality."""
+    merged = data.get("environment_of_merged_cases", {})
+    when = f" (measured {merged['timestamp_utc']})" if merged.get("timestamp_utc") else ""
+    rows = [
+        [
+            f"`{k}`",
+            c.get("store"),
+            c.get("n_cells"),
+            c.get("batch_size"),
+            c.get("prefetch"),
+            c.get("first_epoch_cells_per_second"),
+            c.get("later_epochs_cells_per_second"),
+            c.get("heldout_elbo"),
+            c.get("peak_rss_mb"),
+            ratios.get(k, {}).get("peak_rss_large_over_small"),
+            c.get("file_mb"),
+        ]
+        for k, c in stores.items()
+    ]
+    headers = [
+        "case",
+        "store",
+        "cells",
+        "batch",
+        "prefetch",
+        "cells/s, 1st epoch",
+        "cells/s, later",
+        "held-out ELBO",
+        "peak RSS (MiB)",
+        "RSS large / small",
+        "file (MiB)",
+    ]
+    note = (
+        "Each case in its own process (peak RSS its own); speeds of different cases are comparable only on "
+        "a quiet host, so the speed ratios are taken from the interleaved runs below.\n\n"
+    )
+    return f"\n### Out of core against in memory{when}\n\n" + note + table(headers, rows)

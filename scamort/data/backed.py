@@ -1,28 +1,35 @@
-"""Out-of-core cells: counts stay in a backed ``.h5ad`` and are read in shuffled chunks of rows.
+"""Out-of-core cells: counts stay on disk and are read in shuffled chunks of rows.
 
-Host memory is bounded by the chunk pool (``chunk_size × pool_chunks`` rows), whatever the number of
-cells: per-cell covariates (a few integers per cell) are all that is held for every cell. The model, the
-loop and the queries are the same as in memory; only the order of cells within an epoch differs (blocks of
-consecutive cells are shuffled, then cells within a pool of blocks).
+Every modality of a backed ``.h5ad`` or ``.h5mu`` (``.X``, a layer or ``.obsm``), or of an AnnData over
+a Zarr store, is read this way (see :mod:`scamort.data.out_of_core`). Host memory is bounded by the chunk
+pool (``chunk_size × pool_chunks`` rows, times ``1 + prefetch`` pools), whatever the number of cells:
+per-cell covariates, presence and library sizes (a few numbers per cell) are all that is held for every
+cell. The model, the loop and the queries are the same as in memory; only the order of cells within an
+epoch differs (blocks of consecutive cells are shuffled, then cells within a pool of blocks).
+
+While one pool trains, the next ``prefetch`` pools are read and decoded on a background thread. Reading
+draws no random numbers and the pools are consumed in order, so prefetching changes only when rows are
+read, never which minibatches are made: the same seed trains the same weights with or without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import itertools
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scamort.data.categories import refuse_missing_names
 from scamort.data.cell_data import CellData, Minibatch, ModalityTensors
+from scamort.data.out_of_core import DiskModality, ModalitySummary, is_out_of_core, open_modalities
 from scamort.data.registry import Registry
-from scamort.data.validation import check_counts
-from scamort.errors import InputError
 
-__all__ = ["BackedCellData", "EncodedCells", "check_backed_counts", "is_backed"]
+__all__ = ["BackedCellData", "EncodedCells", "is_backed", "is_out_of_core"]
 
 CPU = torch.device("cpu")
 
@@ -32,105 +39,52 @@ def is_backed(data: object) -> bool:
     return isinstance(data, ad.AnnData) and data.isbacked
 
 
-def _row_blocks(n_rows: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n_rows, size):
-        yield start, min(start + size, n_rows)
-
-
-def _has_x(adata: ad.AnnData) -> bool:
-    """Whether a backed file has an ``X`` (anndata raises h5py's KeyError when it is absent)."""
-    try:
-        return adata.X is not None
-    except KeyError:
-        return False
-
-
-def check_backed_counts(adata: ad.AnnData, chunk_size: int = 16_384, binary: bool = False) -> list[str]:
-    """Validate a backed ``.X`` chunk by chunk (never all rows at once); return the feature names.
-
-    Raises :class:`InputError` for non-integer, negative or non-finite counts and for empty cells.
-    """
-    if not _has_x(adata):
-        raise InputError(
-            f"The backed file {adata.filename} has no X (its counts must be in X for out-of-core "
-            "training); write the counts to X, or read the file into memory and pass layer=."
-        )
-    refuse_missing_names(adata.var_names, "adata.var_names", "name every feature")
-    features = list(map(str, adata.var_names))
-    if adata.n_obs == 0 or not features:
-        raise InputError(
-            f"adata.X (backed) is empty ({adata.n_obs} cells × {len(features)} features); nothing to model."
-        )
-    n_empty, example = 0, None
-    for start, stop in _row_blocks(adata.n_obs, chunk_size):
-        block = sp.csr_matrix(adata.X[start:stop])
-        cells = adata.obs_names[start:stop]
-        check_counts(block, where="adata.X (backed)", cells=cells, features=features, binary=binary)
-        empty = np.flatnonzero(np.asarray(block.sum(axis=1)).ravel() == 0)
-        if empty.size and example is None:
-            example = cells[empty[0]]
-        n_empty += empty.size
-    if n_empty:
-        raise InputError(
-            f"{n_empty} cells have zero total counts (e.g. {example!r}); remove them first, "
-            "e.g. sc.pp.filter_cells(adata, min_counts=1)."
-        )
-    return features
+def _rows_of(counts: sp.csr_matrix, positions: np.ndarray, have: np.ndarray) -> sp.csr_matrix:
+    """Rows ``positions`` of ``counts`` where ``have`` ``(n,)`` bool, empty rows elsewhere."""
+    padded = sp.vstack([counts, sp.csr_matrix((1, counts.shape[1]), dtype=np.float32)], format="csr")
+    return padded[np.where(have, positions, counts.shape[0])]
 
 
 @dataclass(frozen=True)
 class BackedCellData:
-    """Cells of a backed AnnData (one modality, in ``.X``), read on demand in chunks.
+    """Cells whose counts are on disk, read on demand in chunks.
 
     Offers what training and the queries use from :class:`CellData`: ``n_cells``, ``device``, ``to``,
-    ``epoch_order``, ``iterate`` and ``minibatch``.
+    ``modalities`` (presence and library sizes only), ``restricted_to``, ``epoch_order``, ``iterate``,
+    ``minibatch`` and ``take``.
 
     Attributes
     ----------
-    adata
-        The backed AnnData (only read).
+    disk
+        The modalities, each read from its stored matrix.
     covariates
         The per-cell covariates of all cells, as a :class:`CellData` without counts.
-    modality
-        Name of the one modality.
     chunk_size, pool_chunks
         Rows per read, and blocks shuffled together in one pool.
+    target_device
+        Where minibatches are placed.
+    prefetch
+        Pools read ahead on a background thread while the current one trains (0: none).
     """
 
-    adata: ad.AnnData
+    disk: tuple[DiskModality, ...]
     covariates: CellData
-    modality: str
     chunk_size: int = 8192
     pool_chunks: int = 4
     target_device: torch.device = CPU
-
-    binarize: bool = False
-
-    @staticmethod
-    def check_registry(registry: Registry) -> None:
-        """Refuse layouts the out-of-core path cannot read (before any counts are read)."""
-        if len(registry.modalities) != 1 or registry.modalities[0].modality.source != "X":
-            raise InputError(
-                "Backed (out-of-core) AnnData works with a single modality read from .X; load the data "
-                "into memory (adata.to_memory()) for layers, obsm or several modalities."
-            )
-        if registry.modalities[0].modality.measured_key is not None:
-            raise InputError(
-                "Backed (out-of-core) AnnData does not read feature masks (measured_key); load the data "
-                "into memory (adata.to_memory())."
-            )
+    prefetch: int = 1
 
     @classmethod
-    def create(cls, adata: ad.AnnData, registry: Registry, covariates: CellData) -> BackedCellData:
-        """Wrap ``adata`` after its counts were validated (see :func:`check_backed_counts`)."""
-        cls.check_registry(registry)
-        entry = registry.modalities[0]
-        return cls(adata, covariates, entry.name, binarize=entry.modality.binarize)
+    def create(
+        cls, data: object, registry: Registry, covariates: CellData, chunk_size: int = 8192
+    ) -> BackedCellData:
+        """Validate (chunk by chunk) and open every modality of ``data`` (AnnData or MuData)."""
+        return cls(open_modalities(data, registry, chunk_size), covariates, chunk_size)
 
     @property
     def n_cells(self) -> int:
         """Number of cells."""
-        return self.adata.n_obs
+        return self.covariates.n_cells
 
     @property
     def cell_keys(self) -> torch.Tensor | None:
@@ -143,28 +97,48 @@ class BackedCellData:
         return self.target_device
 
     @property
-    def modalities(self) -> dict[str, ModalityTensors]:
-        """Not available out of core: all counts would have to be read."""
-        raise InputError(
-            "This query needs all counts in memory; load the backed AnnData with adata.to_memory()."
-        )
+    def modalities(self) -> dict[str, ModalitySummary]:
+        """Per modality, every cell's presence and library size (the counts stay on disk)."""
+        return {m.name: m.summary for m in self.disk}
 
     def to(self, device: torch.device | str) -> BackedCellData:
         """The same data, with minibatches placed on ``device``."""
-        return BackedCellData(
-            self.adata,
-            self.covariates.to(device),
-            self.modality,
-            self.chunk_size,
-            self.pool_chunks,
-            torch.device(device),
-            self.binarize,
+        device = torch.device(device)
+        disk = tuple(replace(m, summary=m.summary.to(device)) for m in self.disk)
+        return replace(self, disk=disk, covariates=self.covariates.to(device), target_device=device)
+
+    def rechunked(
+        self, chunk_size: int, pool_chunks: int | None = None, prefetch: int | None = None
+    ) -> BackedCellData:
+        """The same data read ``chunk_size`` rows at a time, ``pool_chunks`` blocks per pool and
+        ``prefetch`` pools ahead (None: unchanged)."""
+        disk = tuple(replace(m, source=replace(m.source, chunk_size=chunk_size)) for m in self.disk)
+        return replace(
+            self,
+            disk=disk,
+            chunk_size=chunk_size,
+            pool_chunks=self.pool_chunks if pool_chunks is None else pool_chunks,
+            prefetch=self.prefetch if prefetch is None else prefetch,
         )
 
+    def restricted_to(self, names: Sequence[str]) -> BackedCellData:
+        """The same cells with every modality not in ``names`` marked unmeasured in all of them."""
+        disk = tuple(
+            m
+            if m.name in names
+            else replace(m, summary=replace(m.summary, present=torch.zeros_like(m.summary.present)))
+            for m in self.disk
+        )
+        return replace(self, disk=disk)
+
     def epoch_order(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A shuffled order of ``index`` that reads well from disk: blocks of ``chunk_size`` consecutive
-        entries are shuffled, then entries within each pool of ``pool_chunks`` blocks."""
-        blocks = list(torch.split(index, self.chunk_size))
+        """A shuffled order of ``index`` that reads well from disk: the entries of each stored block of
+        ``chunk_size`` rows stay together, blocks are shuffled, then entries within each pool of
+        ``pool_chunks`` blocks (so that every block is read once per epoch)."""
+        _, sizes = torch.unique_consecutive(
+            torch.div(index, self.chunk_size, rounding_mode="floor"), return_counts=True
+        )
+        blocks = list(torch.split(index, sizes.tolist()))
         block_order = torch.randperm(len(blocks), generator=generator, device=generator.device)
         ordered = [blocks[i] for i in block_order.tolist()]
         pools = []
@@ -173,45 +147,133 @@ class BackedCellData:
             pools.append(pool[torch.randperm(pool.shape[0], generator=generator, device=generator.device)])
         return torch.cat(pools) if pools else index
 
-    def _read(self, rows: np.ndarray) -> CellData:
-        """The cells at positions ``rows`` (any order) as an in-memory :class:`CellData` on the device."""
-        unique = np.unique(rows)
-        parts = []
-        # Contiguous reads of only the chunk_size-aligned blocks that hold a wanted row.
-        for block_id in np.unique(unique // self.chunk_size):
-            start = int(block_id) * self.chunk_size
-            stop = min(start + self.chunk_size, self.adata.n_obs)
-            block = sp.csr_matrix(self.adata.X[start:stop])
-            wanted = unique[(unique >= start) & (unique < stop)] - start
-            parts.append(block[wanted])
-        counts = sp.vstack(parts).tocsr()[np.searchsorted(unique, rows)]
-        if self.binarize:
-            counts.data = (counts.data > 0).astype(np.float32)
-            counts.eliminate_zeros()
-        positions = torch.as_tensor(rows, device=self.device)
-        tensors = ModalityTensors.from_csr(counts, np.ones(len(rows), dtype=bool)).to(self.device)
+    def _counts(self, modality: DiskModality, rows: np.ndarray) -> sp.csr_matrix:
+        """Counts of the cells at positions ``rows`` ``(n,)`` in that order, CSR ``(n, n_features)``."""
+        stored = rows if modality.member_rows is None else modality.member_rows[rows]
+        have = stored >= 0
+        unique = np.unique(stored[have])
+        counts = modality.source.read(unique)
+        positions = np.searchsorted(unique, np.where(have, stored, 0))
+        if have.all():
+            return counts[positions]
+        return _rows_of(counts, positions, have)
+
+    def take(self, index: torch.Tensor) -> CellData:
+        """The cells at positions ``index`` ``(n,)`` (any order), read from disk, as an in-memory
+        :class:`CellData` on the device."""
+        rows = index.cpu().numpy()
+        positions = torch.as_tensor(rows, device=self.covariates.device)
+        modalities = {m.name: self._tensors(m, rows, positions) for m in self.disk}
         return CellData(
-            modalities={self.modality: tensors},
+            modalities=modalities,
             batch_index=self.covariates.batch_index[positions],
             categorical=self.covariates.categorical[positions],
             continuous=self.covariates.continuous[positions],
             labels=None if self.covariates.labels is None else self.covariates.labels[positions],
         )
 
+    def _tensors(self, modality: DiskModality, rows: np.ndarray, positions: torch.Tensor) -> ModalityTensors:
+        """One modality of the cells at ``rows``: the counts read from disk, library sizes and
+        log-factorials from the summary (the same values :meth:`ModalityTensors.from_csr` computes)."""
+        counts = self._counts(modality, rows)
+        counts.sum_duplicates()
+        summary = modality.summary
+        return ModalityTensors(
+            indptr=torch.as_tensor(counts.indptr.astype(np.int64)),
+            indices=torch.as_tensor(counts.indices.astype(np.int64)),
+            values=torch.as_tensor(counts.data.astype(np.float32)),
+            n_features=counts.shape[1],
+            log_library=summary.log_library[positions].cpu(),
+            log_factorial=summary.log_factorial[positions].cpu(),
+            present=summary.present[positions].cpu(),
+        ).to(self.device)
+
     def minibatch(self, index: torch.Tensor) -> Minibatch:
         """Cells at positions ``index`` as one minibatch."""
-        return self._read(index.cpu().numpy()).slice(0, index.shape[0])
+        return self.take(index).slice(0, index.shape[0])
+
+    def _windows(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """``index`` cut where it reaches a new group of ``pool_chunks`` stored blocks (the pools of
+        :meth:`epoch_order`; runs of blocks for a sorted index), each at most a pool's worth of rows."""
+        blocks = torch.div(index, self.chunk_size, rounding_mode="floor").cpu().numpy()
+        first_seen = np.sort(np.unique(blocks, return_index=True)[1])
+        starts = [*first_seen[:: self.pool_chunks].tolist(), index.shape[0]]
+        most = self.chunk_size * self.pool_chunks
+        return [
+            index[start : min(start + most, stop)]
+            for begin, stop in itertools.pairwise(starts)
+            for start in range(begin, stop, most)
+        ]
+
+    def _pools(self, windows: list[torch.Tensor]) -> Iterator[CellData]:
+        """The cells of each window in turn, read ``prefetch`` windows ahead on a background thread."""
+        if self.prefetch <= 0 or len(windows) == 1:
+            yield from map(self.take, windows)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scamort-prefetch") as executor:
+            pending: deque[Future[CellData]] = deque(
+                executor.submit(self.take, w) for w in windows[: self.prefetch + 1]
+            )
+            upcoming = iter(windows[self.prefetch + 1 :])
+            try:
+                while pending:
+                    pool = pending.popleft().result()
+                    following = next(upcoming, None)
+                    if following is not None:
+                        pending.append(executor.submit(self.take, following))
+                    yield pool
+            finally:
+                for future in pending:  # stopped early (e.g. a time budget): drop what was read ahead
+                    future.cancel()
 
     def iterate(self, index: torch.Tensor, batch_size: int) -> Iterator[Minibatch]:
-        """Minibatches over ``index`` in order, reading one pool of rows at a time."""
-        window = self.chunk_size * self.pool_chunks
-        window -= window % batch_size or 0
-        window = max(window, batch_size)
-        for start in range(0, index.shape[0], window):
-            chunk = index[start : start + window]
-            yield from self._read(chunk.cpu().numpy()).iterate(
-                torch.arange(chunk.shape[0], device=self.device), batch_size
-            )
+        """Minibatches over ``index`` in order, reading one pool of rows at a time (the next ``prefetch``
+        pools in the background). A minibatch that spans two pools joins the end of one, kept in
+        memory, to the start of the next: each pool is read once."""
+        carry: CellData | None = None  # the cells of a minibatch begun in an earlier pool
+        for pool in self._pools(self._windows(index)):
+            start = 0
+            if carry is not None:
+                start = min(batch_size - carry.n_cells, pool.n_cells)
+                carry = _concatenated(carry, pool.take(torch.arange(start, device=pool.device)))
+                if carry.n_cells < batch_size:
+                    continue
+                yield carry.slice(0, batch_size)
+            whole = start + (pool.n_cells - start) // batch_size * batch_size
+            yield from _consecutive_batches(pool, start, whole, batch_size)
+            rest = torch.arange(whole, pool.n_cells, device=pool.device)
+            carry = pool.take(rest) if rest.numel() else None
+        if carry is not None:
+            yield carry.slice(0, carry.n_cells)
+
+
+def _consecutive_batches(pool: CellData, start: int, stop: int, batch_size: int) -> Iterator[Minibatch]:
+    """Minibatches of cells ``start:stop`` of a pool that is already in order (slices, no copy)."""
+    host_indptrs = {name: t.indptr.cpu().numpy() for name, t in pool.modalities.items()}
+    for first in range(start, stop, batch_size):
+        yield pool.slice(first, min(first + batch_size, stop), host_indptrs)
+
+
+def _concatenated(first: CellData, second: CellData) -> CellData:
+    """The cells of ``first`` then those of ``second`` (no feature masks: out-of-core data has none)."""
+
+    def joined(a: ModalityTensors, b: ModalityTensors) -> ModalityTensors:
+        return ModalityTensors(
+            indptr=torch.cat([a.indptr, b.indptr[1:] + a.indptr[-1]]),
+            indices=torch.cat([a.indices, b.indices]),
+            values=torch.cat([a.values, b.values]),
+            n_features=a.n_features,
+            log_library=torch.cat([a.log_library, b.log_library]),
+            log_factorial=torch.cat([a.log_factorial, b.log_factorial]),
+            present=torch.cat([a.present, b.present]),
+        )
+
+    return CellData(
+        modalities={name: joined(t, second.modalities[name]) for name, t in first.modalities.items()},
+        batch_index=torch.cat([first.batch_index, second.batch_index]),
+        categorical=torch.cat([first.categorical, second.categorical]),
+        continuous=torch.cat([first.continuous, second.continuous]),
+    )
 
 
 #: Encoded cells as the model, training and inference read them: in memory or out of core (both give

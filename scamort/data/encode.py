@@ -7,7 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scamort.data.backed import BackedCellData, check_backed_counts, is_backed
+from scamort.data.backed import BackedCellData, is_out_of_core
 from scamort.data.cell_data import CellData, ModalityTensors, cell_keys
 from scamort.data.measured import MeasuredPatterns, drop_unmeasured
 from scamort.data.query_reading import read_query_modalities
@@ -43,15 +43,11 @@ def encode_cells(
 
     Features are aligned by name to the model's order; unseen categories, missing features or keys
     raise :class:`InputError`. ``data`` is only read. ``read`` passes counts already read by
-    :func:`read_modalities` (so the constructor reads the data once). A backed AnnData (``.X`` on disk)
-    is validated chunk by chunk and wrapped as :class:`BackedCellData`; its counts are never all in
-    memory.
+    :func:`read_modalities` (so the constructor reads the data once). Backed or on-disk data (see
+    :func:`~scamort.data.out_of_core.is_out_of_core`) is validated chunk by chunk and wrapped as
+    :class:`BackedCellData`; its counts are never all in memory.
     """
-    if is_backed(data):
-        BackedCellData.check_registry(registry)
-        _refuse_unaligned_backed(data, registry)
-        modality = registry.modalities[0].modality
-        check_backed_counts(data, binary=modality.is_binary and not modality.binarize)
+    if is_out_of_core(data, {m.name: m.modality for m in registry.modalities}):
         return BackedCellData.create(data, registry, _to_cell_data(data, registry, {}, {}))
     if read is None and registry.query_alignment:
         read = read_query_modalities(data, registry)
@@ -77,15 +73,6 @@ def encode_cells(
         present[entry.name] = source.present
     refuse_empty_cells(counts, present, data)
     return _to_cell_data(data, registry, counts, present, measured)
-
-
-def _refuse_unaligned_backed(data: ad.AnnData, registry: Registry) -> None:
-    expected = registry.modalities[0].feature_names
-    if list(map(str, data.var_names)) != list(expected):
-        raise InputError(
-            "A backed AnnData must have exactly the model's genes in the model's order; subset it in "
-            "memory (adata[:, genes].to_memory()) or write it in that order."
-        )
 
 
 def _to_cell_data(

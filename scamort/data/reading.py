@@ -15,7 +15,7 @@ from scamort.data.modality import Modality
 from scamort.data.validation import check_counts
 from scamort.errors import InputError
 
-__all__ = ["align_features", "read_counts"]
+__all__ = ["align_features", "feature_positions", "locate_counts", "read_counts"]
 
 try:  # anndata >= 0.11
     from anndata.abc import CSCDataset, CSRDataset
@@ -129,21 +129,16 @@ def _refuse_non_numeric_columns(table: pd.DataFrame, where: str) -> None:
             )
 
 
-def read_counts(
-    adata: ad.AnnData, modality: Modality, name: str, container: str = "adata", allow_no_cells: bool = False
-) -> tuple[sp.csr_matrix, list[str], str]:
-    """Return the validated counts of one modality.
+def locate_counts(
+    adata: ad.AnnData, modality: Modality, name: str, container: str = "adata"
+) -> tuple[Any, list[str], str]:
+    """Find one modality's counts without reading them: the stored matrix (in memory or an on-disk
+    dataset), its feature names and a readable name of the source.
 
-    ``allow_no_cells`` accepts a member of a MuData that holds no cells (every cell lacks it).
-
-    Returns
-    -------
-    counts
-        CSR float32, shape ``(n_cells, n_features)``; never shares memory that scamort later modifies.
-    feature_names
-        Names of the columns.
-    where
-        A readable name of the source, for error messages.
+    Raises
+    ------
+    InputError
+        If the layer or ``.obsm`` key is absent, ``.X`` is empty, or feature or cell names are missing.
     """
     where = _describe(modality, container)
     if modality.obsm_key is not None:
@@ -163,15 +158,39 @@ def read_counts(
         if modality.layer not in adata.layers:
             available = ", ".join(map(repr, adata.layers.keys())) or "none"
             raise InputError(
-                f"Modality {name!r}: layer {modality.layer!r} not found in adata.layers "
-                f"(available: {available}); use layer=None for adata.X."
+                f"Modality {name!r}: layer {modality.layer!r} not found in {container}.layers "
+                f"(available: {available}); use layer=None for {container}.X."
             )
         raw, names = adata.layers[modality.layer], _feature_names(adata, container)
     else:
-        if adata.X is None:
-            raise InputError(f"Modality {name!r}: adata.X is empty; pass the count layer with layer=.")
-        raw, names = adata.X, _feature_names(adata, container)
+        try:
+            raw = adata.X
+        except KeyError:  # a backed file without X: anndata raises h5py's KeyError
+            raw = None
+        if raw is None:
+            raise InputError(f"Modality {name!r}: {container}.X is empty; pass the count layer with layer=.")
+        names = _feature_names(adata, container)
     refuse_missing_names(adata.obs_names, f"{container}.obs_names", "name every cell")
+    return raw, names, where
+
+
+def read_counts(
+    adata: ad.AnnData, modality: Modality, name: str, container: str = "adata", allow_no_cells: bool = False
+) -> tuple[sp.csr_matrix, list[str], str]:
+    """Return the validated counts of one modality.
+
+    ``allow_no_cells`` accepts a member of a MuData that holds no cells (every cell lacks it).
+
+    Returns
+    -------
+    counts
+        CSR float32, shape ``(n_cells, n_features)``; never shares memory that scamort later modifies.
+    feature_names
+        Names of the columns.
+    where
+        A readable name of the source, for error messages.
+    """
+    raw, names, where = locate_counts(adata, modality, name, container)
     if (adata.n_obs == 0 and not allow_no_cells) or len(names) == 0:
         raise InputError(f"{where} is empty ({adata.n_obs} cells × {len(names)} features); nothing to model.")
     counts, shared = _as_csr(raw)
@@ -185,12 +204,11 @@ def read_counts(
     return _private_float32(counts, shared), names, where
 
 
-def align_features(
-    counts: sp.csr_matrix, names: Sequence[str], expected: Sequence[str], *, where: str
-) -> sp.csr_matrix:
-    """Reorder (and subset) columns so they follow ``expected``; refuse if any are missing."""
+def feature_positions(names: Sequence[str], expected: Sequence[str], *, where: str) -> np.ndarray | None:
+    """Column positions that reorder (and subset) ``names`` to follow ``expected``, shape
+    ``(len(expected),)``; None when they already do. Refuses duplicated or missing features."""
     if list(names) == list(expected):
-        return counts
+        return None
     index = pd.Index(names)
     if not index.is_unique:
         repeated = index[index.duplicated()].unique()
@@ -198,7 +216,7 @@ def align_features(
             f"{where} has duplicated feature names (e.g. {', '.join(map(repr, repeated[:3]))}); make them "
             "unique first (e.g. adata.var_names_make_unique())."
         )
-    positions = pd.Index(names).get_indexer(pd.Index(expected))
+    positions = index.get_indexer(pd.Index(expected))
     missing = [expected[int(i)] for i in np.flatnonzero(positions < 0)]
     if missing:
         raise InputError(
@@ -206,4 +224,12 @@ def align_features(
             f"(e.g. {', '.join(map(repr, missing[:3]))}); subset or reindex the data to the genes "
             "the model was trained on."
         )
-    return counts[:, positions]
+    return positions
+
+
+def align_features(
+    counts: sp.csr_matrix, names: Sequence[str], expected: Sequence[str], *, where: str
+) -> sp.csr_matrix:
+    """Reorder (and subset) columns so they follow ``expected``; refuse if any are missing."""
+    positions = feature_positions(names, expected, where=where)
+    return counts if positions is None else counts[:, positions]

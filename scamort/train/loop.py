@@ -17,7 +17,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from scamort.data.backed import EncodedCells
-from scamort.data.cell_data import CellData
 from scamort.errors import InputError
 from scamort.module import VAE
 from scamort.train.allocator import keep_freed_memory_for_reuse
@@ -182,10 +181,6 @@ def fit(
     """
     train_np, validation_np = split_cells(data.n_cells, config.train_size, config.seed)
     if modalities is not None:
-        if not isinstance(data, CellData):  # out-of-core data has one modality, so no subset to train on
-            raise InputError(
-                "Training on a subset of the modalities needs in-memory data (adata.to_memory())."
-            )
         data = data.restricted_to(modalities)
         measured = np.logical_or.reduce([data.modalities[name].present.cpu().numpy() for name in modalities])
         train_np, validation_np = train_np[measured[train_np]], validation_np[measured[validation_np]]

@@ -1,0 +1,244 @@
+"""The out-of-core cases of ``scale_cpu.py``: training from a backed ``.h5ad``, a backed ``.h5mu``
+(RNA + protein) and a Zarr store against the same cells in memory, at the same batch size.
+
+Each case runs in its own subprocess (its peak RSS is its own) and reports the first epoch and the later
+ones separately (the first read of a file is the one prefetching is for), the peak RSS, and the ELBO of
+held-out cells grown from the same source with another seed, after the same epochs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BATCH = 1024
+EPOCHS = 2
+#: Seeds: the stores' cells (also grown in memory for the in-memory reference) and the held-out cells.
+SEED, HELDOUT_SEED, N_HELDOUT = 2, 7, 5000
+#: One cell_type-free spec for the grown CITE-seq data (``nbmixture`` for protein, as in the tutorials).
+CITE_MODALITIES = {"rna": {}, "prot": {"likelihood": "nbmixture"}}
+
+
+def _open(store: str, path: str | None, n_cells: int) -> Any:
+    import anndata as ad
+    import mudata as md
+    from _scale_stores import grow_cite, grow_rna
+
+    from scamort.scale import open_zarr
+
+    if store == "memory_rna":
+        return grow_rna(n_cells, SEED)
+    if store == "memory_cite":
+        return grow_cite(n_cells, SEED)
+    assert path is not None
+    if store == "h5ad":
+        return ad.read_h5ad(path, backed="r")
+    if store == "zarr":
+        return open_zarr(path)
+    return md.read_h5mu(path, backed=True)
+
+
+def _heldout(store: str) -> Any:
+    from _scale_stores import grow_cite, grow_rna
+
+    return (
+        grow_cite(N_HELDOUT, HELDOUT_SEED)
+        if "cite" in store or store == "h5mu"
+        else grow_rna(N_HELDOUT, HELDOUT_SEED)
+    )
+
+
+def _time_reads() -> list[tuple[float, float]]:
+    """Record (start, seconds) of every pool read from disk from now on, in this process."""
+    from scamort.data.backed import BackedCellData
+
+    reads: list[tuple[float, float]] = []
+    take = BackedCellData.take
+
+    def timed(self: BackedCellData, index: Any) -> Any:
+        started = time.perf_counter()
+        pool = take(self, index)
+        reads.append((started, time.perf_counter() - started))
+        return pool
+
+    BackedCellData.take = timed  # type: ignore[method-assign]
+    return reads
+
+
+def case_store(store: str, n_cells: int, path: str | None = None, prefetch: int = 1) -> dict[str, Any]:
+    """Train on ``store`` (``memory_rna``, ``memory_cite``, ``h5ad``, ``zarr`` or ``h5mu``)."""
+    from _common import peak_rss_mb, reset_peak_rss, warm_up_torch
+
+    import scamort
+
+    held_out = _heldout(store)
+    warm_up_torch()
+    reset_peak_rss()
+    started = time.perf_counter()
+    data = _open(store, path, n_cells)
+    opened_seconds = time.perf_counter() - started
+    cite = "cite" in store or store == "h5mu"
+    modalities = {k: scamort.Modality(**v) for k, v in CITE_MODALITIES.items()} if cite else None
+    model = scamort.Model(data, modalities=modalities)
+    setup_seconds = time.perf_counter() - started - opened_seconds
+    if prefetch != 1:  # the default is one pool ahead; the comparison without it reaches in
+        model._data = model._data.rechunked(model._data.chunk_size, prefetch=prefetch)
+    reads = _time_reads()
+    train_started = time.perf_counter()
+    history = model.train(max_epochs=EPOCHS, batch_size=BATCH, early_stopping=False, progress_bar=False)
+    seconds = history["seconds"].to_numpy()
+    # seconds spent reading pools (on the prefetch thread, if any), by the epoch they started in
+    ends = np.cumsum(seconds)
+    read_seconds = np.zeros(len(seconds))
+    for began, took in reads:
+        read_seconds[min(int(np.searchsorted(ends, began - train_started)), len(seconds) - 1)] += took
+    n_train = len(model.train_indices)
+    return {
+        "tool": "scamort",
+        "store": store,
+        "out_of_core": not store.startswith("memory"),
+        "prefetch": prefetch if not store.startswith("memory") else None,
+        "n_cells": n_cells,
+        "batch_size": BATCH,
+        "epochs_run": len(history),
+        "open_seconds": opened_seconds,
+        "setup_seconds": setup_seconds,
+        "epoch_seconds": seconds.tolist(),
+        "first_epoch_cells_per_second": n_train / seconds[0],
+        "later_epochs_cells_per_second": n_train / float(np.median(seconds[1:])),
+        "cells_per_second": n_train * len(seconds) / float(seconds.sum()),
+        "read_seconds_per_epoch": read_seconds.tolist() if reads else None,
+        "heldout_elbo": model.get_elbo(held_out),
+        "peak_rss_mb": peak_rss_mb(),
+        "file_mb": None if path is None else _size_mb(Path(path)),
+    }
+
+
+def case_interleaved(store: str, n_cells: int, path: str, rounds: int = 3) -> dict[str, Any]:
+    """Throughput of ``store`` against the same cells in memory in one process, one epoch of each in
+    turn (round 1 is each one's first epoch), so that a loaded machine's drifting speed cancels in each
+    round's ratio."""
+    from _common import warm_up_torch
+
+    import scamort
+
+    cite = store == "h5mu"
+    modalities = {k: scamort.Modality(**v) for k, v in CITE_MODALITIES.items()} if cite else None
+    warm_up_torch()
+    models = {
+        "memory": scamort.Model(
+            _open("memory_cite" if cite else "memory_rna", None, n_cells), modalities=modalities
+        ),
+        "disk": scamort.Model(_open(store, path, n_cells), modalities=modalities),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            started = time.perf_counter()
+            model.train(max_epochs=1, batch_size=BATCH, early_stopping=False, progress_bar=False)
+            seconds[name].append(time.perf_counter() - started)
+    ratios = [m / d for m, d in zip(seconds["memory"], seconds["disk"], strict=True)]
+    return {
+        "tool": "scamort",
+        "interleaved": store,
+        "n_cells": n_cells,
+        "batch_size": BATCH,
+        "train_call_seconds": seconds,
+        "speed_ratio_per_round": ratios,
+        "first_epoch_ratio": ratios[0],
+        "later_epochs_ratio": float(np.median(ratios[1:])),
+    }
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def cases(quick: bool, workdir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The out-of-core cases: every store at two sizes, and in memory at the same batch size."""
+    small, large = (20_000, 100_000) if quick else (200_000, 1_000_000)
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    # in-memory CITE-seq at the large size would need about 10 GB (455 nonzeros per cell): compared at
+    # the small size, where the throughput ratio is taken
+    out[f"memory_rna_{large}"] = ("store", {"store": "memory_rna", "n_cells": large})
+    for n in (small, large):
+        out[f"h5ad_{n}"] = ("store", {"store": "h5ad", "n_cells": n, "path": str(workdir / f"rna_{n}.h5ad")})
+    out[f"h5ad_{large}_no_prefetch"] = (
+        "store",
+        {"store": "h5ad", "n_cells": large, "path": str(workdir / f"rna_{large}.h5ad"), "prefetch": 0},
+    )
+    for n in (small, large):
+        out[f"zarr_{n}"] = ("store", {"store": "zarr", "n_cells": n, "path": str(workdir / f"rna_{n}.zarr")})
+    out[f"memory_cite_{small}"] = ("store", {"store": "memory_cite", "n_cells": small})
+    for n in (small, large):
+        out[f"h5mu_{n}"] = ("store", {"store": "h5mu", "n_cells": n, "path": str(workdir / f"cite_{n}.h5mu")})
+    for store, path in (
+        ("h5ad", f"rna_{small}.h5ad"),
+        ("zarr", f"rna_{small}.zarr"),
+        ("h5mu", f"cite_{small}.h5mu"),
+    ):
+        out[f"interleaved_{store}_{small}"] = (
+            "interleaved",
+            {"store": store, "n_cells": small, "path": str(workdir / path)},
+        )
+    return out
+
+
+def prepare(selected: dict[str, tuple[str, dict[str, Any]]]) -> None:
+    """Write the stores the selected cases read (each once)."""
+    from _scale_stores import grow_cite_to_h5mu, write_rna
+
+    for kind, kwargs in selected.values():
+        path = Path(kwargs.get("path") or "")
+        if kind not in ("store", "interleaved") or kwargs["store"].startswith("memory") or path.exists():
+            continue
+        if kwargs["store"] == "h5mu":
+            grow_cite_to_h5mu(kwargs["n_cells"], path, SEED)
+        else:
+            write_rna(kwargs["n_cells"], path.parent, SEED)
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Per store: throughput against in memory (first epoch, later epochs), peak RSS large/small, and
+    the held-out ELBO's relative difference from in memory."""
+    out: dict[str, Any] = {}
+    runs = {k: v for k, v in results.items() if isinstance(v, dict) and "store" in v}
+    sizes = sorted({v["n_cells"] for v in runs.values()})
+    for name, run in runs.items():
+        if not run["out_of_core"]:
+            continue
+        reference = next(
+            (
+                v
+                for v in runs.values()
+                if v["store"] == ("memory_cite" if run["store"] == "h5mu" else "memory_rna")
+                and v["n_cells"] == run["n_cells"]
+            ),
+            None,
+        )
+        entry: dict[str, Any] = {}
+        if reference is not None:
+            entry["first_epoch_ratio"] = (
+                run["first_epoch_cells_per_second"] / reference["first_epoch_cells_per_second"]
+            )
+            entry["later_epochs_ratio"] = (
+                run["later_epochs_cells_per_second"] / reference["later_epochs_cells_per_second"]
+            )
+            entry["heldout_elbo_relative_difference"] = (
+                run["heldout_elbo"] - reference["heldout_elbo"]
+            ) / abs(reference["heldout_elbo"])
+        if len(sizes) > 1 and run["n_cells"] == sizes[-1]:
+            small = runs.get(name.replace(str(sizes[-1]), str(sizes[0])))
+            if small is not None:
+                entry["peak_rss_large_over_small"] = run["peak_rss_mb"] / small["peak_rss_mb"]
+        out[name] = entry
+    for name, run in results.items():
+        if isinstance(run, dict) and "interleaved" in run:
+            out[name] = {
+                k: run[k] for k in ("first_epoch_ratio", "later_epochs_ratio", "speed_ratio_per_round")
+            }
+    return out
