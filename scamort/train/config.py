@@ -21,7 +21,7 @@ __all__ = [
 #: Default AdamW ``eps`` of every parameter outside the decoders (see :class:`TrainConfig`).
 DEFAULT_ADAM_EPS = 1e-8
 #: Default AdamW ``eps`` of the decoders' parameters (see :class:`TrainConfig`).
-DEFAULT_DECODER_ADAM_EPS = 0.1
+DEFAULT_DECODER_ADAM_EPS = 1e-8
 
 
 def default_max_epochs(n_cells: int) -> int:
@@ -58,8 +58,8 @@ class TrainConfig:
         AdamW learning rate and decoupled weight decay.
     adam_eps, decoder_adam_eps
         AdamW's ``eps``, added to the root of the second-moment estimate: ``decoder_adam_eps``
-        (default 0.1) for the decoders' parameters, ``adam_eps`` (default ``1e-8``, plain AdamW)
-        for all others (scvi-tools uses 0.01 for all). A large value damps the steps of weights whose
+        for the decoders' parameters, ``adam_eps`` for all others (both default ``1e-8``, plain
+        AdamW; scvi-tools uses 0.01 for all). A large value damps the steps of weights whose
         gradients are small and noisy, such as a decoder's rows for rarely expressed features, and
         so regularises (see :mod:`scamort.train.optimizer`).
     train_size

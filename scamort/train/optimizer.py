@@ -1,11 +1,11 @@
-"""The AdamW optimiser of :func:`scamort.train.fit`: the decoders get their own ``eps``.
+"""The AdamW optimiser of :func:`scamort.train.fit`: the decoders can get their own ``eps``.
 
 Adam divides each step by the root of the gradient's second moment plus ``eps``. A decoder's output
 weights for a rarely expressed feature get small, noisy gradients, which plain Adam (``eps`` 1e-8)
 scales up to full-size steps: the decoder then fits the training cells' noise. A large ``eps`` on
-the decoders (``TrainConfig.decoder_adam_eps``) turns those steps into small SGD steps, while the
-encoders, library heads and classifiers, whose gradients are not of that kind, keep plain AdamW
-(``TrainConfig.adam_eps``); see ``benchmarks/quality.py`` and ``benchmarks/panels.py``.
+the decoders only (``TrainConfig.decoder_adam_eps``) turns those steps into small SGD steps, while
+the encoders, library heads and classifiers keep ``TrainConfig.adam_eps``; see
+``benchmarks/quality.py`` and ``benchmarks/panels.py``. Both default to plain AdamW's ``1e-8``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def parameter_groups(module: torch.nn.Module, config: TrainConfig) -> list[dict[
     Parameters
     ----------
     module
-        The model (only its parameters that require a gradient are optimised); the parameters of its ``decoders`` (an ``nn.Module``, when it has one) form the
-        decoder group.
+        The model; only its parameters that require a gradient are optimised, and those of its
+        ``decoders`` (an ``nn.Module``, when it has one) form the decoder group.
     config
         ``decoder_adam_eps`` for the decoder group, ``adam_eps`` for every other parameter.
 
