@@ -249,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="5 epochs, one seed, no TOTALVI")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-totalvi", action="store_true", help="scamort's two models only (for tuning)")
     args = parser.parse_args(argv)
     epochs = 5 if args.quick else None
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         models["scamort_all"] = run_scamort(full, truth, hidden, False, seed, epochs)
         print(f"[panels] seed {seed} scamort_all: {models['scamort_all']}", flush=True)
         write_json(out, payload)
-        if not args.quick:
+        if not (args.quick or args.no_totalvi):
             models["totalvi"] = run_totalvi(adata, hidden, seed, epochs)
             print(f"[panels] seed {seed} totalvi: {models['totalvi']}", flush=True)
         payload["summary"] = summary(payload["per_seed"])

@@ -23,6 +23,7 @@ from scamort.train.allocator import keep_freed_memory_for_reuse
 from scamort.train.checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from scamort.train.config import TrainConfig
 from scamort.train.distributed import all_reduce_mean, init_from_environment, rank_and_world_size, shard
+from scamort.train.optimizer import build_optimizer
 
 __all__ = ["NonFiniteLossError", "TrainingResult", "fit", "split_cells"]
 
@@ -202,13 +203,7 @@ def fit(
     train_index = torch.as_tensor(train_np, device=device)
     validation_index = torch.as_tensor(validation_np, device=device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(
-        [parameter for parameter in module.parameters() if parameter.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        eps=config.adam_eps,
-        fused=True,
-    )
+    optimizer = build_optimizer(module, config)
     progress = _Progress()
     fingerprint = run_fingerprint(module, data) if checkpoint_dir is not None else None
     saved = None
