@@ -167,6 +167,7 @@ def load_query_data(
     *,
     batch_key: str | None = None,
     encoder_shift: bool = True,
+    gene_shift: bool = False,
     seed: int | None = None,
 ) -> ModelT:
     """A query model: ``query``'s cells mapped onto a trained reference (scArches-style).
@@ -221,6 +222,8 @@ def load_query_data(
         raise InputError(f"query must be an AnnData or MuData, got {type(query).__name__}.")
     if not isinstance(encoder_shift, bool):
         raise InputError(f"encoder_shift must be True or False, got {encoder_shift!r}.")
+    if not isinstance(gene_shift, bool):
+        raise InputError(f"gene_shift must be True or False, got {gene_shift!r}.")
     params, registry, state = _reference_parts(cls, reference)
     _check_features(query, registry)
     query_registry = _query_registry(query, registry, batch_key)
@@ -233,6 +236,7 @@ def load_query_data(
         "frozen_rows": grown,
         "reference_batches": registry.n_batch,
         "encoder_shift": encoder_shift,
+        "gene_shift": gene_shift,
     }
     model: Any = cls.__new__(cls)
     model._setup(query, query_registry, params)

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 import scamort
+from scamort.data.sparse_batch import SparseBatch
 from scamort.errors import InputError
 from scamort.reference_embedding import load_reference_embedding, save_reference_embedding
 from tests.conftest import make_counts
@@ -290,3 +291,33 @@ def test_reference_embedding_round_trips_through_the_folder(data, reference, tmp
     assert_refused(lambda: load_reference_embedding(tmp_path / "nothing"), FileNotFoundError, "not a saved")
     other = scamort.Model(make_counts(n_genes=30), n_hidden=8)
     assert_refused(lambda: save_reference_embedding(other, folder), InputError, "another model")
+
+
+def test_gene_shift_adds_a_per_gene_shift_to_nonzero_log_counts_of_new_batch_cells(data, reference):
+    ref, query = data
+    query_model = scamort.Model.load_query_data(query, reference, gene_shift=True)
+    trainable = {n for n, p in query_model.module.named_parameters() if p.requires_grad}
+    assert "encoders.rna.gene_shift.shift" in trainable
+    query_model.train(max_epochs=3, early_stopping=False, progress_bar=False)
+    encoder = query_model.module.encoders["rna"]
+    shift = encoder.gene_shift.shift.detach()
+    assert shift.abs().max() > 0  # it learned
+    # Oracle: the first hidden layer read densely, log1p(x) + shift at the nonzero counts.
+    x = torch.tensor([[0.0, 3.0, 1.0] + [0.0] * (query.n_vars - 3), [2.0] + [0.0] * (query.n_vars - 1)])
+    counts = SparseBatch.from_dense(x)
+    new_batch = torch.tensor([2, 2])
+    reference_batch = torch.tensor([0, 0])
+    log = torch.log1p(x) + torch.where(x > 0, shift[0], torch.zeros_like(x))
+    with torch.no_grad():
+        encoder.eval()
+        got = encoder(counts, batch_index=new_batch)
+        h = log @ encoder.input_weight + encoder.input_bias + encoder.batch_shift.shift[0]
+        h = encoder.input_activation(h)
+        want = encoder.head(h).chunk(2, dim=-1)[0]
+        torch.testing.assert_close(got[0], want)
+        # Reference-batch cells read their counts unshifted: the reference's encoder, bitwise.
+        assert torch.equal(
+            encoder(counts, batch_index=reference_batch)[0], reference.module.encoders["rna"](counts)[0]
+        )
+    # The reference's cells embed exactly as in the reference.
+    assert np.array_equal(query_model.get_latent_representation(ref), reference.get_latent_representation())
