@@ -5,12 +5,14 @@ indexed by a category (the decoders' and library heads' covariate embeddings, ge
 protein backgrounds, library-size variances) gets one row per new category; everything else is the
 reference's and frozen. A weight with new rows is split by a parametrization: its reference rows are a
 buffer (no gradient, no optimizer, no weight decay can move them) concatenated with a parameter of the
-new rows, so ``module.weight`` reads as before. Optionally each encoder gets a :class:`BatchShift`: a
-learned vector per new batch added to its first hidden layer, so the frozen encoders can absorb a
-query batch's shift; cells of reference batches bypass it (their embedding is bitwise the reference's).
+new rows, so ``module.weight`` reads as before. Each encoder can get a :class:`GeneShift` (a learned
+per-new-batch, per-feature shift of the ``log1p`` counts it reads: the mapping default) and a
+:class:`BatchShift` (a learned vector per new batch added to its first hidden layer), so the frozen
+encoders can absorb a query batch's effect; cells of reference batches bypass both (their embedding is
+bitwise the reference's).
 
 ``query_mapping`` (the dict a query model records in ``init_params``) says which weights are split and
-how many reference rows each keeps, the number of reference batches and whether encoders are shifted;
+how many reference rows each keeps, the number of reference batches and which encoder shifts are learned;
 :func:`prepare_query_module` applies it to a freshly built VAE (at mapping and at loading alike).
 """
 
@@ -85,7 +87,7 @@ class BatchShift(nn.Module):
 
 
 class GeneShift(nn.Module):
-    """A learned per-new-batch, per-feature shift of the ``log1p`` counts an encoder reads (zeros at the start).
+    """A learned per-new-batch, per-feature shift of the ``log1p`` counts an encoder reads (zero at first).
 
     A capture effect that differs between genes multiplies a gene's counts by a factor, i.e. shifts its
     ``log1p`` counts where they are not zero; the frozen encoder's first layer cannot undo that (a

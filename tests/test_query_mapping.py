@@ -68,7 +68,7 @@ def test_only_new_rows_learn_even_under_weight_decay(data, reference):
     before = _state(query_model)
     trainable = {n for n, p in query_model.module.named_parameters() if p.requires_grad}
     assert trainable == {
-        "encoders.rna.batch_shift.shift",
+        "encoders.rna.gene_shift.shift",
         "decoders.rna.body.layers.0.embeddings.0.parametrizations.weight.original",
         "decoders.rna.parametrizations.log_theta.original",
     }
@@ -258,6 +258,9 @@ def test_bad_input_is_refused_in_one_sentence_before_any_work(data, reference, r
     no_batch = query.copy()
     del no_batch.obs["batch"]
     assert_refused(lambda: scamort.Model.load_query_data(no_batch, reference), InputError, "batch_key")
+    assert_refused(
+        lambda: scamort.Model.load_query_data(query, reference, gene_shift="yes"), InputError, "gene_shift"
+    )
     # Another save format.
     other = tmp_path / "other"
     reference.save(other)
@@ -293,9 +296,9 @@ def test_reference_embedding_round_trips_through_the_folder(data, reference, tmp
     assert_refused(lambda: save_reference_embedding(other, folder), InputError, "another model")
 
 
-def test_gene_shift_adds_a_per_gene_shift_to_nonzero_log_counts_of_new_batch_cells(data, reference):
+def test_gene_shift_adds_a_per_gene_shift_to_nonzero_log_counts_of_new_batch_cells(data, reference, tmp_path):
     ref, query = data
-    query_model = scamort.Model.load_query_data(query, reference, gene_shift=True)
+    query_model = scamort.Model.load_query_data(query, reference, encoder_shift=True)  # gene_shift default
     trainable = {n for n, p in query_model.module.named_parameters() if p.requires_grad}
     assert "encoders.rna.gene_shift.shift" in trainable
     query_model.train(max_epochs=3, early_stopping=False, progress_bar=False)
@@ -319,5 +322,9 @@ def test_gene_shift_adds_a_per_gene_shift_to_nonzero_log_counts_of_new_batch_cel
         assert torch.equal(
             encoder(counts, batch_index=reference_batch)[0], reference.module.encoders["rna"](counts)[0]
         )
-    # The reference's cells embed exactly as in the reference.
+    # The reference's cells embed exactly as in the reference; the shift is saved and loaded.
     assert np.array_equal(query_model.get_latent_representation(ref), reference.get_latent_representation())
+    query_model.save(tmp_path / "query")
+    loaded = scamort.Model.load(tmp_path / "query", query)
+    assert torch.equal(loaded.module.encoders["rna"].gene_shift.shift, encoder.gene_shift.shift)
+    assert np.array_equal(loaded.get_latent_representation(), query_model.get_latent_representation())
