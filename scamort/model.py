@@ -468,11 +468,18 @@ class Model:
         reference: Model | str | Path,
         *,
         batch_key: str | None = None,
-        encoder_shift: bool = True,
+        encoder_shift: bool = False,
+        gene_shift: bool = True,
         seed: int | None = None,
     ) -> Model:
         return load_query_data(
-            cls, query, reference, batch_key=batch_key, encoder_shift=encoder_shift, seed=seed
+            cls,
+            query,
+            reference,
+            batch_key=batch_key,
+            encoder_shift=encoder_shift,
+            gene_shift=gene_shift,
+            seed=seed,
         )
 
     def __repr__(self) -> str:

@@ -1,8 +1,9 @@
 """Reference mapping: a query model from a trained reference and new cells (``Model.load_query_data``).
 
 The scArches recipe for scamort's VAE: the reference's weights are kept and frozen; every weight
-indexed by a batch or covariate category gets new rows for the query's new categories; optionally each
-encoder gets a learned shift per new batch (:mod:`scamort.query_surgery`). Training the query model
+indexed by a batch or covariate category gets new rows for the query's new categories; each encoder
+gets a learned per-gene shift of its input per new batch, optionally a hidden-layer shift too
+(:mod:`scamort.query_surgery`). Training the query model
 (``query_model.train()``, with mapping defaults: ``scamort.model_training.QUERY_TRAIN_DEFAULTS``) fits
 only those. The reference is a :class:`scamort.Model` or the folder of a saved one: the reference's
 cells are never needed. Its query is read against the reference's features by name
@@ -166,7 +167,8 @@ def load_query_data(
     reference: Any,
     *,
     batch_key: str | None = None,
-    encoder_shift: bool = True,
+    encoder_shift: bool = False,
+    gene_shift: bool = True,
     seed: int | None = None,
 ) -> ModelT:
     """A query model: ``query``'s cells mapped onto a trained reference (scArches-style).
@@ -175,9 +177,11 @@ def load_query_data(
     embedding of its cells never changes). Every weight indexed by a batch or categorical covariate
     (the decoders' covariate embeddings, gene-batch dispersions, protein backgrounds, library-size
     heads) gets new rows for the query's new categories, starting at the mean of the reference's
-    rows; cells of the reference's own categories use the reference's rows. With ``encoder_shift``
-    each encoder also learns one vector per new batch, added to its first hidden layer (the encoders
-    read no covariates, so without it a frozen encoder cannot undo a batch effect). Train the result
+    rows; cells of the reference's own categories use the reference's rows. The encoders read no
+    covariates, so a frozen encoder cannot undo a batch effect: with ``gene_shift`` (the default)
+    each encoder learns, per new batch and feature, a shift of the nonzero ``log1p`` counts it reads
+    (a gene-specific capture efficiency); with ``encoder_shift``, one vector per new batch added to
+    its first hidden layer. Train the result
     with ``query_model.train()``: only these new weights learn, under mapping defaults (no KL
     warm-up, lr 1e-2, no weight decay, at most 100 epochs with early stopping).
 
@@ -199,7 +203,10 @@ def load_query_data(
         The query's batch column (default: the reference's ``batch_key``). Categories named like a
         reference batch use that batch's weights; others are new batches. Missing values are refused.
     encoder_shift
-        Learn a per-new-batch shift of each encoder's first hidden layer.
+        Learn a per-new-batch shift of each encoder's first hidden layer (off by default: trained on
+        the ELBO it tends to move a query batch as a whole rather than onto the reference).
+    gene_shift
+        Learn a per-new-batch, per-feature shift of the encoders' ``log1p`` counts.
     seed
         Seeds the query's training (default: the reference's seed).
 
@@ -221,6 +228,8 @@ def load_query_data(
         raise InputError(f"query must be an AnnData or MuData, got {type(query).__name__}.")
     if not isinstance(encoder_shift, bool):
         raise InputError(f"encoder_shift must be True or False, got {encoder_shift!r}.")
+    if not isinstance(gene_shift, bool):
+        raise InputError(f"gene_shift must be True or False, got {gene_shift!r}.")
     params, registry, state = _reference_parts(cls, reference)
     _check_features(query, registry)
     query_registry = _query_registry(query, registry, batch_key)
@@ -233,6 +242,7 @@ def load_query_data(
         "frozen_rows": grown,
         "reference_batches": registry.n_batch,
         "encoder_shift": encoder_shift,
+        "gene_shift": gene_shift,
     }
     model: Any = cls.__new__(cls)
     model._setup(query, query_registry, params)

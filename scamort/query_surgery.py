@@ -5,12 +5,14 @@ indexed by a category (the decoders' and library heads' covariate embeddings, ge
 protein backgrounds, library-size variances) gets one row per new category; everything else is the
 reference's and frozen. A weight with new rows is split by a parametrization: its reference rows are a
 buffer (no gradient, no optimizer, no weight decay can move them) concatenated with a parameter of the
-new rows, so ``module.weight`` reads as before. Optionally each encoder gets a :class:`BatchShift`: a
-learned vector per new batch added to its first hidden layer, so the frozen encoders can absorb a
-query batch's shift; cells of reference batches bypass it (their embedding is bitwise the reference's).
+new rows, so ``module.weight`` reads as before. Each encoder can get a :class:`GeneShift` (a learned
+per-new-batch, per-feature shift of the ``log1p`` counts it reads: the mapping default) and a
+:class:`BatchShift` (a learned vector per new batch added to its first hidden layer), so the frozen
+encoders can absorb a query batch's effect; cells of reference batches bypass both (their embedding is
+bitwise the reference's).
 
 ``query_mapping`` (the dict a query model records in ``init_params``) says which weights are split and
-how many reference rows each keeps, the number of reference batches and whether encoders are shifted;
+how many reference rows each keeps, the number of reference batches and which encoder shifts are learned;
 :func:`prepare_query_module` applies it to a freshly built VAE (at mapping and at loading alike).
 """
 
@@ -30,6 +32,7 @@ from scamort.nn.encoder import GaussianEncoder
 __all__ = [
     "BatchShift",
     "FrozenRows",
+    "GeneShift",
     "grown_weights",
     "prepare_query_module",
     "query_state_dict",
@@ -83,6 +86,37 @@ class BatchShift(nn.Module):
         return torch.where(new.unsqueeze(-1), h + self.shift[rows], h)
 
 
+class GeneShift(nn.Module):
+    """A learned per-new-batch, per-feature shift of the ``log1p`` counts an encoder reads (zero at first).
+
+    A capture effect that differs between genes multiplies a gene's counts by a factor, i.e. shifts its
+    ``log1p`` counts where they are not zero; the frozen encoder's first layer cannot undo that (a
+    hidden-layer shift is the same for every cell of the batch). The shift applies to the measured
+    nonzero counts only (a zero stays zero).
+
+    Parameters
+    ----------
+    n_reference
+        Batches of the reference (codes ``< n_reference``): their cells pass unchanged.
+    n_new, n_input
+        New batches and the number of features of the modality.
+    """
+
+    def __init__(self, n_reference: int, n_new: int, n_input: int) -> None:
+        super().__init__()
+        self.n_reference = n_reference
+        self.shift = nn.Parameter(torch.zeros(n_new, n_input))
+
+    def forward(
+        self, values: torch.Tensor, row: torch.Tensor, col: torch.Tensor, batch_index: torch.Tensor
+    ) -> torch.Tensor:
+        """``values`` ``(nnz,)`` (log1p counts at ``row``, ``col``) plus the shift of each row's new batch."""
+        cell_batch = batch_index[row]
+        new = cell_batch >= self.n_reference
+        rows = (cell_batch - self.n_reference).clamp(min=0)
+        return torch.where(new, values + self.shift[rows, col], values)
+
+
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     """The submodule holding parameter ``name`` (a dotted state-dict name) and its attribute name."""
     path, _, attribute = name.rpartition(".")
@@ -118,7 +152,8 @@ def prepare_query_module(module: VAE, mapping: Mapping[str, Any]) -> None:
     """Turn ``module`` (built for the query's categories) into a query module, in place.
 
     Splits each weight named in ``mapping["frozen_rows"]`` (:class:`FrozenRows`), adds a
-    :class:`BatchShift` to every encoder when ``mapping["encoder_shift"]``, and freezes every other
+    :class:`BatchShift` to every encoder when ``mapping["encoder_shift"]`` and a :class:`GeneShift`
+    when ``mapping.get("gene_shift")`` (absent in folders saved before it existed), and freezes every other
     weight. Values are placeholders until a state dict is loaded (:func:`query_state_dict`).
 
     Raises
@@ -145,12 +180,19 @@ def prepare_query_module(module: VAE, mapping: Mapping[str, Any]) -> None:
         for encoder in module.encoders.values():
             assert isinstance(encoder, GaussianEncoder)
             encoder.batch_shift = BatchShift(n_reference, n_batch - n_reference, encoder.input_bias.shape[0])
+    if mapping.get("gene_shift", False) and n_batch > n_reference:
+        for encoder in module.encoders.values():
+            assert isinstance(encoder, GaussianEncoder)
+            n_input = encoder.input_weight.shape[0]
+            encoder.gene_shift = GeneShift(n_reference, n_batch - n_reference, n_input)
 
 
 def _mapping_problem(module: VAE, mapping: Mapping[str, Any]) -> str | None:
     rows = mapping.get("frozen_rows")
     if not isinstance(rows, dict) or not isinstance(mapping.get("encoder_shift"), bool):
         return "it lacks frozen_rows or encoder_shift"
+    if not isinstance(mapping.get("gene_shift", False), bool):
+        return f"gene_shift is {mapping['gene_shift']!r}"
     reference_batches = mapping.get("reference_batches")
     if not isinstance(reference_batches, int) or not 1 <= reference_batches <= module.config.n_batch:
         return f"reference_batches is {reference_batches!r}"

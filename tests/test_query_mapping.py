@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 
 import scamort
+from scamort.data.sparse_batch import SparseBatch
 from scamort.errors import InputError
 from scamort.reference_embedding import load_reference_embedding, save_reference_embedding
 from tests.conftest import make_counts
@@ -67,7 +68,7 @@ def test_only_new_rows_learn_even_under_weight_decay(data, reference):
     before = _state(query_model)
     trainable = {n for n, p in query_model.module.named_parameters() if p.requires_grad}
     assert trainable == {
-        "encoders.rna.batch_shift.shift",
+        "encoders.rna.gene_shift.shift",
         "decoders.rna.body.layers.0.embeddings.0.parametrizations.weight.original",
         "decoders.rna.parametrizations.log_theta.original",
     }
@@ -257,6 +258,9 @@ def test_bad_input_is_refused_in_one_sentence_before_any_work(data, reference, r
     no_batch = query.copy()
     del no_batch.obs["batch"]
     assert_refused(lambda: scamort.Model.load_query_data(no_batch, reference), InputError, "batch_key")
+    assert_refused(
+        lambda: scamort.Model.load_query_data(query, reference, gene_shift="yes"), InputError, "gene_shift"
+    )
     # Another save format.
     other = tmp_path / "other"
     reference.save(other)
@@ -290,3 +294,37 @@ def test_reference_embedding_round_trips_through_the_folder(data, reference, tmp
     assert_refused(lambda: load_reference_embedding(tmp_path / "nothing"), FileNotFoundError, "not a saved")
     other = scamort.Model(make_counts(n_genes=30), n_hidden=8)
     assert_refused(lambda: save_reference_embedding(other, folder), InputError, "another model")
+
+
+def test_gene_shift_adds_a_per_gene_shift_to_nonzero_log_counts_of_new_batch_cells(data, reference, tmp_path):
+    ref, query = data
+    query_model = scamort.Model.load_query_data(query, reference, encoder_shift=True)  # gene_shift default
+    trainable = {n for n, p in query_model.module.named_parameters() if p.requires_grad}
+    assert "encoders.rna.gene_shift.shift" in trainable
+    query_model.train(max_epochs=3, early_stopping=False, progress_bar=False)
+    encoder = query_model.module.encoders["rna"]
+    shift = encoder.gene_shift.shift.detach()
+    assert shift.abs().max() > 0  # it learned
+    # Oracle: the first hidden layer read densely, log1p(x) + shift at the nonzero counts.
+    x = torch.tensor([[0.0, 3.0, 1.0] + [0.0] * (query.n_vars - 3), [2.0] + [0.0] * (query.n_vars - 1)])
+    counts = SparseBatch.from_dense(x)
+    new_batch = torch.tensor([2, 2])
+    reference_batch = torch.tensor([0, 0])
+    log = torch.log1p(x) + torch.where(x > 0, shift[0], torch.zeros_like(x))
+    with torch.no_grad():
+        encoder.eval()
+        got = encoder(counts, batch_index=new_batch)
+        h = log @ encoder.input_weight + encoder.input_bias + encoder.batch_shift.shift[0]
+        h = encoder.input_activation(h)
+        want = encoder.head(h).chunk(2, dim=-1)[0]
+        torch.testing.assert_close(got[0], want)
+        # Reference-batch cells read their counts unshifted: the reference's encoder, bitwise.
+        assert torch.equal(
+            encoder(counts, batch_index=reference_batch)[0], reference.module.encoders["rna"](counts)[0]
+        )
+    # The reference's cells embed exactly as in the reference; the shift is saved and loaded.
+    assert np.array_equal(query_model.get_latent_representation(ref), reference.get_latent_representation())
+    query_model.save(tmp_path / "query")
+    loaded = scamort.Model.load(tmp_path / "query", query)
+    assert torch.equal(loaded.module.encoders["rna"].gene_shift.shift, encoder.gene_shift.shift)
+    assert np.array_equal(loaded.get_latent_representation(), query_model.get_latent_representation())

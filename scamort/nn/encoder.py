@@ -57,6 +57,8 @@ class GaussianEncoder(nn.Module):
         self.missing_weight = nn.Parameter(torch.zeros(n_input, n_hidden)) if masked else None
         # A query model's per-new-batch shift of the first hidden layer (scamort.query_surgery), or None.
         self.batch_shift: nn.Module | None = None
+        # A query model's per-new-batch, per-feature shift of the log1p counts, or None.
+        self.gene_shift: nn.Module | None = None
 
     def forward(
         self,
@@ -70,6 +72,8 @@ class GaussianEncoder(nn.Module):
         are read at measured features only. ``batch_index`` ``(batch,)`` is read by a query model's
         batch shift only."""
         weights = torch.log1p(counts.values)
+        if self.gene_shift is not None and batch_index is not None:
+            weights = self.gene_shift(weights, counts.row, counts.col, batch_index)
         if measured is not None:  # whatever is stored at an unmeasured feature is not read
             weights = torch.where(measured[counts.row, counts.col], weights, torch.zeros_like(weights))
         h = F.embedding_bag(
