@@ -135,6 +135,9 @@ def map_command(args: argparse.Namespace) -> None:
         logger.info("The query holds only the reference's batches: nothing to train.")
     steps = MAP_REFINE_STEPS if args.refine and not args.refine_steps else args.refine_steps
     embed(query, model, key_added=args.key_added, refine_steps=steps)
+    if model.registry.labels_key is not None and getattr(model.module, "label_classifier", None) is not None:
+        scamort.tl.transfer_labels(query, model, key_added=args.labels_key_added)
+        logger.info("Wrote predicted labels and confidence to obs[%r].", args.labels_key_added)
     _write_result(query, args.out, key=args.key_added)
     if args.model_dir is not None:
         model.save(args.model_dir, overwrite=args.overwrite)

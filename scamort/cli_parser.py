@@ -271,6 +271,13 @@ def _add_map_parser(commands: argparse._SubParsersAction, common: argparse.Argum
     mapping.add_argument("--model-dir", type=Path, metavar="DIR", help="also save the query model here")
     mapping.add_argument("--seed", type=non_negative_int, help="random seed (default: the reference's)")
     mapping.add_argument("--no-progress", action="store_true", help="hide the training progress bar")
+    mapping.add_argument(
+        "--labels-key-added",
+        default="scamort_label",
+        metavar="KEY",
+        help="obs column for the labels predicted from a reference trained with labels_key (its confidence "
+        "goes to KEY_confidence; default scamort_label)",
+    )
     mapping.set_defaults(handler=map_command, base_verbosity=0)
 
 

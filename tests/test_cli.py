@@ -305,3 +305,27 @@ def test_map_onto_a_saved_reference_end_to_end(tmp_path: Path, capsys: pytest.Ca
     assert_one_line_error(capsys.readouterr().err, "no_such_column")
     assert main(["map", str(tmp_path / "nothing"), str(tmp_path / "query.h5ad"), "--out", str(out)]) == 2
     assert_one_line_error(capsys.readouterr().err, "No saved model folder")
+
+
+def test_map_writes_labels_predicted_from_a_labelled_reference(tmp_path: Path) -> None:
+    """A reference trained with ``labels_key``: ``scamort map`` also writes each query cell's predicted label
+    and its confidence (``tl.transfer_labels`` on the query model)."""
+    import scamort
+
+    reference = ad.read_h5ad(write_counts(tmp_path / "ref.h5ad", n_cells=80))
+    reference.obs["kind"] = pd.Categorical(np.where(np.arange(80) % 4 < 2, "A", "B"))
+    model = scamort.Model(reference, batch_key="batch", labels_key="kind", n_latent=3, seed=0)
+    model.train(max_epochs=3, progress_bar=False)
+    model.save(tmp_path / "reference")
+    query = ad.read_h5ad(write_counts(tmp_path / "query.h5ad", n_cells=30, seed=2))
+    query.obs["batch"] = pd.Categorical(["site3"] * 30)
+    query.write_h5ad(tmp_path / "query.h5ad")
+    out = tmp_path / "mapped.h5ad"
+    args = ["map", str(tmp_path / "reference"), str(tmp_path / "query.h5ad"), "--out", str(out)]
+    assert main([*args, "--no-progress", "--max-epochs", "2", "--labels-key-added", "pred"]) == 0
+    mapped = ad.read_h5ad(out)
+    assert set(mapped.obs["pred"].cat.categories) == {"A", "B", "unknown"}
+    confidence = mapped.obs["pred_confidence"].to_numpy()
+    assert confidence.shape == (30,) and ((confidence >= 0) & (confidence <= 1)).all()
+    assert mapped.uns["pred"]["params"]["labels_key"] == "kind"
+    assert "kind" not in mapped.obs  # the query's own (absent) labels are not invented
