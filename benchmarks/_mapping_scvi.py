@@ -19,7 +19,10 @@ the query latent and the kNN vote); reference training is timed separately.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,8 @@ from _multimodal_metrics import pearson_summary
 
 UNKNOWN = "Unknown"
 SCANVI_EPOCHS = 20
+#: The folder keeping trained reference models between runs (``--reference-cache``); empty: no cache.
+REFERENCE_CACHE: list[Path] = []
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,26 @@ class Budget:
 
     reference_epochs: int | None
     query_epochs: int | None
+
+
+def cached_reference(
+    key: str, load: Callable[[Path], Any], train: Callable[[], Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The reference model ``train()`` returns, or the one saved under ``key`` in the cache.
+
+    ``train`` returns ``(model, meta)``: ``meta`` (training seconds, epochs) is saved beside the model and
+    returned with it, so a cached reference reports the training it had. Mapping times never include
+    the reference, so a cached reference changes no reported time.
+    """
+    folder = REFERENCE_CACHE[0] / key if REFERENCE_CACHE else None
+    if folder is not None and (folder / "meta.json").is_file():
+        meta = json.loads((folder / "meta.json").read_text())
+        return load(folder), {**meta, "reference_from_cache": True}
+    model, meta = train()
+    if folder is not None:
+        model.save(str(folder), overwrite=True)
+        (folder / "meta.json").write_text(json.dumps(meta))
+    return model, meta
 
 
 def _scvi_epochs(budget: Budget) -> int | None:
@@ -68,11 +93,18 @@ def run_scanvi(design: Design, budget: Budget, seed: int) -> dict[str, Any]:
     query.obs["scanvi_label"] = UNKNOWN
     del query.obs[LABEL]
     scvi.model.SCVI.setup_anndata(ref, batch_key=BATCH, labels_key="scanvi_label")
-    with timed() as reference_watch:
-        vae = scvi.model.SCVI(ref)
-        vae.train(max_epochs=_scvi_epochs(budget), enable_progress_bar=False)
-        lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=UNKNOWN)
-        lvae.train(max_epochs=_scanvi_epochs(budget), enable_progress_bar=False)
+
+    def train() -> tuple[Any, dict[str, Any]]:
+        with timed() as reference_watch:
+            vae = scvi.model.SCVI(ref)
+            vae.train(max_epochs=_scvi_epochs(budget), enable_progress_bar=False)
+            lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=UNKNOWN)
+            lvae.train(max_epochs=_scanvi_epochs(budget), enable_progress_bar=False)
+        epochs = {"scvi": len(vae.history["elbo_train"]), "scanvi": len(lvae.history["elbo_train"])}
+        return lvae, {"reference_seconds": reference_watch.seconds, "epochs": epochs}
+
+    key = f"scanvi_{design.name}_ref{budget.reference_epochs}_seed{seed}"
+    lvae, meta = cached_reference(key, lambda f: scvi.model.SCANVI.load(str(f), adata=ref), train)
     query_epochs = 100 if budget.query_epochs is None else budget.query_epochs
     with timed() as map_watch:
         scvi.model.SCANVI.prepare_query_anndata(query, lvae)
@@ -80,15 +112,8 @@ def run_scanvi(design: Design, budget: Budget, seed: int) -> dict[str, Any]:
         mapped.train(max_epochs=query_epochs, plan_kwargs={"weight_decay": 0.0}, enable_progress_bar=False)
         soft = mapped.predict(soft=True)
     soft = soft.drop(columns=[c for c in soft.columns if str(c) == UNKNOWN])
-    out: dict[str, Any] = {
-        "reference_seconds": reference_watch.seconds,
-        "map_seconds": map_watch.seconds,
-        "epochs": {
-            "scvi": len(vae.history["elbo_train"]),
-            "scanvi": len(lvae.history["elbo_train"]),
-            "query": len(mapped.history["elbo_train"]),
-        },
-    }
+    out: dict[str, Any] = {**meta, "map_seconds": map_watch.seconds}
+    out["epochs"] = {**meta["epochs"], "query": len(mapped.history["elbo_train"])}
     out.update(label_scores(soft, design.query.obs[LABEL].to_numpy(), design.known()))
     out["mixing"] = mixing(lvae.get_latent_representation(), mapped.get_latent_representation())
     return out
@@ -105,9 +130,16 @@ def run_totalvi(design: Design, budget: Budget, seed: int) -> dict[str, Any]:
     columns = ref.obsm[PROTEIN].columns
     query.obsm[PROTEIN] = pd.DataFrame(0.0, index=query.obs_names, columns=columns)
     scvi.model.TOTALVI.setup_anndata(ref, batch_key=BATCH, protein_expression_obsm_key=PROTEIN)
-    with timed() as reference_watch:
-        model = scvi.model.TOTALVI(ref)
-        model.train(max_epochs=budget.reference_epochs, enable_progress_bar=False)
+
+    def train() -> tuple[Any, dict[str, Any]]:
+        with timed() as reference_watch:
+            model = scvi.model.TOTALVI(ref)
+            model.train(max_epochs=budget.reference_epochs, enable_progress_bar=False)
+        epochs = {"reference": len(model.history["elbo_train"])}
+        return model, {"reference_seconds": reference_watch.seconds, "epochs": epochs}
+
+    key = f"totalvi_{design.name}_ref{budget.reference_epochs}_seed{seed}"
+    model, meta = cached_reference(key, lambda f: scvi.model.TOTALVI.load(str(f), adata=ref), train)
     reference_latent = model.get_latent_representation()
     query_epochs = 200 if budget.query_epochs is None else budget.query_epochs
     with timed() as map_watch:
@@ -120,12 +152,9 @@ def run_totalvi(design: Design, budget: Budget, seed: int) -> dict[str, Any]:
         query_latent = mapped.get_latent_representation()
         soft = knn_probabilities(reference_latent, ref.obs[LABEL].to_numpy(), query_latent)
     out: dict[str, Any] = {
-        "reference_seconds": reference_watch.seconds,
+        **meta,
         "map_seconds": map_watch.seconds,
-        "epochs": {
-            "reference": len(model.history["elbo_train"]),
-            "query": len(mapped.history["elbo_train"]),
-        },
+        "epochs": {**meta["epochs"], "query": len(mapped.history["elbo_train"])},
         "labels_from": "15-nearest-reference-neighbour vote in the TOTALVI latent",
     }
     out.update(label_scores(soft, design.query.obs[LABEL].to_numpy(), design.known()))

@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import _mapping_scvi
 import numpy as np
 from _common import RESULTS_DIR, environment_info, warm_up_torch, write_json
 from _mapping_data import REMOVED_TYPE, SITE_SEED, SPLIT_SEED, Design, bmmc_design, worm_design
@@ -61,19 +62,26 @@ QUICK_BUDGET = Budget(6, 5)
 METRICS = ("accuracy", "macro_f1", "ece", "novelty_auroc", "mixing", "map_seconds", "protein_median_r")
 
 
-def runners() -> dict[str, Callable[[Design, Budget, int], dict[str, Any]]]:
-    """Tool name -> ``run(design, budget, seed)``; the scamort side when its mapping API exists."""
-    out: dict[str, Callable[[Design, Budget, int], dict[str, Any]]] = {
-        "scanvi": run_scanvi,
-        "totalvi": run_totalvi,
+Runner = Callable[[Design, Budget, int], dict[str, dict[str, Any]]]
+
+
+def _single(name: str, run: Callable[[Design, Budget, int], dict[str, Any]]) -> Runner:
+    return lambda design, budget, seed: {name: run(design, budget, seed)}
+
+
+def runners() -> dict[str, Runner]:
+    """Runner name -> ``run(design, budget, seed)`` returning tool -> metrics (``scamort`` gives both
+    ``scamort`` and ``scamort_refined``); the scamort side when its mapping API exists."""
+    out: dict[str, Runner] = {
+        "scanvi": _single("scanvi", run_scanvi),
+        "totalvi": _single("totalvi", run_totalvi),
     }
     try:
-        from _mapping_scamort import run_scamort, run_scamort_refined
+        from _mapping_scamort import run_scamort
     except ImportError as err:
         print(f"[mapping] scamort side unavailable: {err}")
     else:
         out["scamort"] = run_scamort
-        out["scamort_refined"] = run_scamort_refined
     return out
 
 
@@ -102,11 +110,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    parser.add_argument(
-        "--tools", nargs="+", default=None, help="subset of scanvi totalvi scamort scamort_refined"
-    )
+    parser.add_argument("--tools", nargs="+", default=None, help="subset of scanvi totalvi scamort")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--reference-cache",
+        type=Path,
+        default=None,
+        help="folder keeping the trained scvi-tools reference models: a later run maps onto them",
+    )
     args = parser.parse_args(argv)
+    if args.reference_cache is not None:
+        _mapping_scvi.REFERENCE_CACHE[:] = [args.reference_cache]
     seeds = args.seeds[:1] if args.quick else args.seeds
     protocols = {"matched": QUICK_BUDGET} if args.quick else {p: PROTOCOLS[p] for p in args.protocols}
     out = args.out or RESULTS_DIR / ("mapping_quick.json" if args.quick else "mapping.json")
@@ -156,11 +170,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     if tool == "totalvi" and design.query_protein is None:
                         continue
                     try:
-                        cell[tool] = run(design, budget, seed)
+                        cell.update(run(design, budget, seed))
                     except Exception as err:
                         cell[tool] = {"error": repr(err), "traceback": traceback.format_exc()}
-                    shown = {k: v for k, v in cell[tool].items() if k in METRICS or k == "error"}
-                    print(f"[mapping] seed {seed} {name} {protocol} {tool}: {shown}", flush=True)
+                    for done in [t for t in cell if t == tool or t.startswith(tool + "_")]:
+                        shown = {k: v for k, v in cell[done].items() if k in METRICS or k == "error"}
+                        print(f"[mapping] seed {seed} {name} {protocol} {done}: {shown}", flush=True)
                     payload["summary"] = summary(payload["per_seed"])
                     payload["goals"] = goals(payload["summary"])
                     payload["total_seconds"] = time.perf_counter() - started
