@@ -24,7 +24,7 @@ import torch
 from _common import timed
 from _mapping_data import BATCH, LABEL, PROTEIN, Design
 from _mapping_metrics import label_scores, mixing
-from _mapping_scvi import Budget
+from _mapping_scvi import Budget, cached_reference
 from _multimodal_metrics import pearson_summary
 
 import scamort
@@ -32,8 +32,9 @@ import scamort
 PROT = "prot"
 
 
-def _reference(design: Design, budget: Budget, seed: int) -> tuple[scamort.Model, float]:
-    """The trained reference model and its training seconds."""
+def _reference(design: Design, budget: Budget, seed: int) -> tuple[scamort.Model, dict[str, Any]]:
+    """The trained reference model and ``{"reference_seconds", "reference_epochs"}`` (from the cache
+    when ``--reference-cache`` holds it)."""
     modalities = None
     if PROTEIN in design.reference.obsm:
         modalities = {
@@ -43,12 +44,16 @@ def _reference(design: Design, budget: Budget, seed: int) -> tuple[scamort.Model
     kwargs: dict[str, Any] = {}
     if budget.reference_epochs is not None:
         kwargs = {"max_epochs": budget.reference_epochs, "early_stopping": False}
-    with timed() as watch:
-        model = scamort.Model(
-            design.reference.copy(), modalities=modalities, batch_key=BATCH, labels_key=LABEL, seed=seed
-        )
-        model.train(progress_bar=False, **kwargs)
-    return model, watch.seconds
+    data = design.reference.copy()
+
+    def train() -> tuple[scamort.Model, dict[str, Any]]:
+        with timed() as watch:
+            model = scamort.Model(data, modalities=modalities, batch_key=BATCH, labels_key=LABEL, seed=seed)
+            model.train(progress_bar=False, **kwargs)
+        return model, {"reference_seconds": watch.seconds, "reference_epochs": len(model.history)}
+
+    key = f"scamort_{design.name}_ref{budget.reference_epochs}_seed{seed}"
+    return cached_reference(key, lambda folder: scamort.Model.load(folder, data), train)
 
 
 def _query_cells(design: Design) -> Any:
@@ -94,7 +99,7 @@ def _scores(
 def run_scamort(design: Design, budget: Budget, seed: int) -> dict[str, dict[str, Any]]:
     """Reference, mapped query, label transfer, scored, without (``scamort``) and with
     (``scamort_refined``) refinement of the query cells; both share the reference and the query training."""
-    reference, reference_seconds = _reference(design, budget, seed)
+    reference, common = _reference(design, budget, seed)
     with timed() as map_watch:
         query_model = scamort.Model.load_query_data(_query_cells(design), reference)
         _train_query(query_model, budget)
@@ -103,7 +108,6 @@ def run_scamort(design: Design, budget: Budget, seed: int) -> dict[str, dict[str
     with timed() as refine_watch:
         refined = query_model.refine(seed=seed)
         refined_soft = _refined_probabilities(query_model, refined.mean)
-    common = {"reference_seconds": reference_seconds, "reference_epochs": len(reference.history)}
     plain = {**common, "map_seconds": map_watch.seconds + predict_watch.seconds}
     plain.update(_scores(design, reference, query_model, soft, query_model.get_latent_representation()))
     polished = {**common, "map_seconds": map_watch.seconds + refine_watch.seconds}

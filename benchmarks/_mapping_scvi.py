@@ -69,7 +69,7 @@ def cached_reference(
         return load(folder), {**meta, "reference_from_cache": True}
     model, meta = train()
     if folder is not None:
-        model.save(str(folder), overwrite=True)
+        model.save(folder, overwrite=True)
         (folder / "meta.json").write_text(json.dumps(meta))
     return model, meta
 
