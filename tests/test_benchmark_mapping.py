@@ -124,3 +124,19 @@ def test_goals_compare_with_scanvi() -> None:
     assert checks["ece_at_most_half_scanvi"] and checks["map_time_at_most_third_of_scanvi"]
     assert checks["mixing_at_least_0.7"] and checks["novelty_auroc_at_least_scanvi"]
     assert checks["all_pass"] is False
+
+
+def test_docs_section_shows_the_summary_and_the_failed_goals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "docs" / "scripts"))
+    import benchmark_mapping
+
+    def cell(**values: float) -> dict[str, dict[str, float]]:
+        return {k: {"mean": v, "std": 0.01, "n": 3} for k, v in values.items()}
+
+    summary = {
+        "worm": {"matched": {"scanvi": cell(accuracy=0.812), "scamort": cell(accuracy=0.734, ece=0.05)}}
+    }
+    payload = {"seeds": [0, 1, 2], "summary": summary, "goals": goals_module.goals(summary)}
+    page = benchmark_mapping.mapping({"mapping.json": payload}, Path("."), Path("."))
+    assert "| matched | scanvi | 0.812 ± 0.0100 |" in page
+    assert "0.734 ± 0.0100" in page and "accuracy_at_least_scanvi" in page
