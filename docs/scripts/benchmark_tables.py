@@ -2,9 +2,9 @@
 
 Every number on the page is read from a results file when the docs are built; nothing is typed by hand. Known
 benchmarks (``core_worm``, ``multimodal``, ``refinement``, ``differential_bmmc``, ``scale_cpu``, ``gpu``,
-``memory_cpu``) get curated
-tables and figures; any other results file gets a generic table of its scalar entries, so a new benchmark
-appears on the page as soon as its JSON is committed. Smoke runs (``*_quick.json``) are listed, not tabulated.
+``memory_cpu``, ``mapping``) get curated tables and figures; any other results file gets a generic table of
+its scalar entries, so a new benchmark appears on the page as soon as its JSON is committed. Smoke runs
+(``*_quick.json``) are listed, not tabulated.
 
 Run by ``docs/conf.py`` on every build; also runnable alone::
 
@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmark_cells import FIGURES, environment, fmt, get, table
 from benchmark_gpu import gpu, memory_cpu
+from benchmark_mapping import mapping
 from benchmark_scale import scale_cpu
 from benchmark_sections import core_worm, differential, multimodal, refinement
 
@@ -82,6 +83,7 @@ SECTIONS: dict[str, Callable[[dict[str, dict[str, Any]], Path, Path], str]] = {
     "scale_cpu": scale_cpu,
     "gpu": gpu,
     "memory_cpu": memory_cpu,
+    "mapping": mapping,
 }
 
 
