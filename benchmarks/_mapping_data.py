@@ -122,6 +122,9 @@ def worm_design(n_cells: int | None = None) -> Design:
     reference = _counts_only(adata[ref_idx], labels.iloc[ref_idx], REFERENCE_BATCH["worm"])
     query = _counts_only(adata[query_idx], labels.iloc[query_idx], QUERY_BATCH["worm"])
     query.X = site_effect(query.X)
+    # Thinning can leave a cell with no counts at all; such a cell carries nothing to map, and scamort refuses
+    # it, so every tool gets the query without them.
+    query = query[np.asarray(query.X.sum(1)).ravel() > 0].copy()
     return Design("worm", reference, query, None)
 
 
