@@ -16,9 +16,9 @@ import scipy.sparse as sp
 
 from scamort.data.measured import MeasuredPatterns
 from scamort.data.modality import Modality
+from scamort.data.reading import refuse_duplicated_names
 from scamort.data.registry import ModalityRegistry, Registry
 from scamort.data.sources import ModalityCounts, is_mudata, read_modalities
-from scamort.errors import InputError
 
 __all__ = ["query_feature_names", "read_query_modalities"]
 
@@ -55,12 +55,7 @@ def _aligned(source: ModalityCounts, entry: ModalityRegistry) -> ModalityCounts:
     if source.feature_names == expected:
         return source
     index = pd.Index(source.feature_names)
-    if not index.is_unique:
-        repeated = index[index.duplicated()].unique()
-        raise InputError(
-            f"{source.where} has duplicated feature names (e.g. {', '.join(map(repr, repeated[:3]))}); "
-            "make them unique first (e.g. adata.var_names_make_unique())."
-        )
+    refuse_duplicated_names(index, source.where)
     positions = index.get_indexer(pd.Index(expected))
     held = positions >= 0
     counts = sp.hstack([source.counts, sp.csr_matrix((source.counts.shape[0], 1), dtype=np.float32)])

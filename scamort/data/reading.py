@@ -204,18 +204,23 @@ def read_counts(
     return _private_float32(counts, shared), names, where
 
 
-def feature_positions(names: Sequence[str], expected: Sequence[str], *, where: str) -> np.ndarray | None:
-    """Column positions that reorder (and subset) ``names`` to follow ``expected``, shape
-    ``(len(expected),)``; None when they already do. Refuses duplicated or missing features."""
-    if list(names) == list(expected):
-        return None
-    index = pd.Index(names)
+def refuse_duplicated_names(index: pd.Index, where: str) -> None:
+    """One clear sentence when ``index`` (a modality's feature names, read from ``where``) repeats a name."""
     if not index.is_unique:
         repeated = index[index.duplicated()].unique()
         raise InputError(
             f"{where} has duplicated feature names (e.g. {', '.join(map(repr, repeated[:3]))}); make them "
             "unique first (e.g. adata.var_names_make_unique())."
         )
+
+
+def feature_positions(names: Sequence[str], expected: Sequence[str], *, where: str) -> np.ndarray | None:
+    """Column positions that reorder (and subset) ``names`` to follow ``expected``, shape
+    ``(len(expected),)``; None when they already do. Refuses duplicated or missing features."""
+    if list(names) == list(expected):
+        return None
+    index = pd.Index(names)
+    refuse_duplicated_names(index, where)
     positions = index.get_indexer(pd.Index(expected))
     missing = [expected[int(i)] for i in np.flatnonzero(positions < 0)]
     if missing:
