@@ -61,15 +61,11 @@ def fit_command(args: argparse.Namespace) -> None:
     """``scamort fit``."""
     import scamort
     from scamort.cli_checks import check_unique_modalities
-    from scamort.export import check_key_added, embed
-    from scamort.io import check_save_target
+    from scamort.export import embed
 
     _check_single_modality_options(args)
     check_unique_modalities(args.modality)
-    check_key_added(args.key_added)
-    _check_output(args.out, overwrite=args.overwrite)
-    if args.model_dir is not None:
-        check_save_target(args.model_dir, overwrite=args.overwrite)
+    _check_targets(args)
     adata = _read_h5ad(args.input)
     _check_output_kind(adata, args.out)
     model = scamort.Model(
@@ -114,15 +110,12 @@ def embed_command(args: argparse.Namespace) -> None:
 def map_command(args: argparse.Namespace) -> None:
     """``scamort map``."""
     import scamort
-    from scamort.export import check_key_added, embed
-    from scamort.io import SPEC_FILE, check_save_target
+    from scamort.export import embed
+    from scamort.io import SPEC_FILE
 
     if not (args.reference_dir / SPEC_FILE).is_file():
         raise FileNotFoundError(f"No saved model folder at {args.reference_dir} (no {SPEC_FILE} in it).")
-    check_key_added(args.key_added)
-    _check_output(args.out, overwrite=args.overwrite)
-    if args.model_dir is not None:
-        check_save_target(args.model_dir, overwrite=args.overwrite)
+    _check_targets(args)
     query = _read_h5ad(args.input)
     _check_output_kind(query, args.out)
     model = scamort.Model.load_query_data(query, args.reference_dir, batch_key=args.batch_key, seed=args.seed)
@@ -142,6 +135,17 @@ def map_command(args: argparse.Namespace) -> None:
     if args.model_dir is not None:
         model.save(args.model_dir, overwrite=args.overwrite)
         print(f"{PROG}: saved the query model to {args.model_dir}")
+
+
+def _check_targets(args: argparse.Namespace) -> None:
+    """Before any work: the embedding's key, the output file and the optional model folder are usable."""
+    from scamort.export import check_key_added
+    from scamort.io import check_save_target
+
+    check_key_added(args.key_added)
+    _check_output(args.out, overwrite=args.overwrite)
+    if args.model_dir is not None:
+        check_save_target(args.model_dir, overwrite=args.overwrite)
 
 
 def _read_h5ad(path: Path) -> AnnData:
