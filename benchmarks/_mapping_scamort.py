@@ -4,8 +4,8 @@ Reference: ``scamort.Model(reference, batch_key="batch", labels_key="label")`` (
 and a protein modality, the protein an NB mixture from ``.obsm``), ``train()``. Query: the query's cells
 without their labels (RNA only), ``scamort.Model.load_query_data(query, reference)``,
 ``query_model.train()`` (its mapping defaults), ``predict(soft=True)``; confidence = the largest
-probability, novelty = 1 - confidence (each row sums to the probability that the cell is of a reference
-type, so this score also carries the out-of-reference probability). Mixing on the reference model's
+(temperature-scaled) probability, novelty = ``query_model.novelty()`` (the probability of a type absent
+from the reference, from the distance to the labels' Gaussians). Mixing on the reference model's
 latent mean of the reference cells and the query model's of the query cells. For ``bmmc`` the query's
 protein from ``query_model.impute(modality="prot")``.
 
@@ -69,13 +69,16 @@ def _train_query(query_model: scamort.Model, budget: Budget) -> None:
     query_model.train(progress_bar=False, **kwargs)
 
 
-def _refined_probabilities(query_model: scamort.Model, mean: np.ndarray) -> pd.DataFrame:
-    """The label classifier's calibrated probabilities of refined posterior means ``(n, n_latent)``."""
+def _refined_probabilities(query_model: scamort.Model, mean: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The label classifier's calibrated probabilities and novelty scores of refined posterior means
+    ``(n, n_latent)``."""
     classifier = query_model.module.label_classifier
     classifier.eval()
     with torch.no_grad():
-        values = classifier.probabilities(torch.as_tensor(mean, dtype=torch.float32)).numpy()
-    return pd.DataFrame(values, columns=pd.Index(query_model.registry.label_categories))
+        z = torch.as_tensor(mean, dtype=torch.float32)
+        values = classifier.probabilities(z).numpy()
+        score = classifier.novelty_score(z).numpy()
+    return pd.DataFrame(values, columns=pd.Index(query_model.registry.label_categories)), score
 
 
 def _scores(
@@ -83,9 +86,10 @@ def _scores(
     reference: scamort.Model,
     query_model: scamort.Model,
     soft: pd.DataFrame,
+    novelty: np.ndarray,
     latent: np.ndarray,
 ) -> dict[str, Any]:
-    out = label_scores(soft, design.query.obs[LABEL].to_numpy(), design.known())
+    out = label_scores(soft, design.query.obs[LABEL].to_numpy(), design.known(), novelty)
     out["mixing"] = mixing(reference.get_latent_representation(), latent)
     out["query_epochs"] = len(query_model.history)
     if design.query_protein is not None:
@@ -105,11 +109,14 @@ def run_scamort(design: Design, budget: Budget, seed: int) -> dict[str, dict[str
         _train_query(query_model, budget)
     with timed() as predict_watch:
         soft = query_model.predict(soft=True)
+        novelty = query_model.novelty().to_numpy()
     with timed() as refine_watch:
         refined = query_model.refine(seed=seed)
-        refined_soft = _refined_probabilities(query_model, refined.mean)
+        refined_soft, refined_novelty = _refined_probabilities(query_model, refined.mean)
     plain = {**common, "map_seconds": map_watch.seconds + predict_watch.seconds}
-    plain.update(_scores(design, reference, query_model, soft, query_model.get_latent_representation()))
+    plain.update(
+        _scores(design, reference, query_model, soft, novelty, query_model.get_latent_representation())
+    )
     polished = {**common, "map_seconds": map_watch.seconds + refine_watch.seconds}
-    polished.update(_scores(design, reference, query_model, refined_soft, refined.mean))
+    polished.update(_scores(design, reference, query_model, refined_soft, refined_novelty, refined.mean))
     return {"scamort": plain, "scamort_refined": polished}

@@ -130,7 +130,7 @@ def map_command(args: argparse.Namespace) -> None:
     embed(query, model, key_added=args.key_added, refine_steps=steps)
     if model.registry.labels_key is not None and getattr(model.module, "label_classifier", None) is not None:
         scamort.tl.transfer_labels(query, model, key_added=args.labels_key_added)
-        logger.info("Wrote predicted labels and confidence to obs[%r].", args.labels_key_added)
+        logger.info("Wrote predicted labels, confidence and novelty to obs[%r].", args.labels_key_added)
     _write_result(query, args.out, key=args.key_added)
     if args.model_dir is not None:
         model.save(args.model_dir, overwrite=args.overwrite)

@@ -276,7 +276,7 @@ def _add_map_parser(commands: argparse._SubParsersAction, common: argparse.Argum
         default="scamort_label",
         metavar="KEY",
         help="obs column for the labels predicted from a reference trained with labels_key (its confidence "
-        "goes to KEY_confidence; default scamort_label)",
+        "goes to KEY_confidence, its novelty score to KEY_novelty; default scamort_label)",
     )
     mapping.set_defaults(handler=map_command, base_verbosity=0)
 

@@ -31,6 +31,7 @@ from scamort.amortization_gap import AmortizationGap
 from scamort.data import Modality, Registry
 from scamort.data.backed import EncodedCells
 from scamort.data.sources import ModalityCounts
+from scamort.labels import novelty as label_novelty
 from scamort.labels import predict as predict_labels
 from scamort.model_parts import ModelParts
 from scamort.model_setup import DEFAULT_ALIGNMENT_WEIGHT as DEFAULT_ALIGNMENT_WEIGHT
@@ -359,6 +360,15 @@ class Model:
         batch_size: int = 4096,
     ) -> np.ndarray | pd.DataFrame:
         return predict_labels(self._parts(), adata, indices, soft=soft, batch_size=batch_size)
+
+    @docstring_from(label_novelty)
+    def novelty(
+        self,
+        adata: ad.AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int = 4096,
+    ) -> pd.Series:
+        return label_novelty(self._parts(), adata, indices, batch_size)
 
     # ------------------------------------------------------------------ expression queries
     @docstring_from(expression_queries.normalized_expression)

@@ -327,5 +327,7 @@ def test_map_writes_labels_predicted_from_a_labelled_reference(tmp_path: Path) -
     assert set(mapped.obs["pred"].cat.categories) == {"A", "B", "unknown"}
     confidence = mapped.obs["pred_confidence"].to_numpy()
     assert confidence.shape == (30,) and ((confidence >= 0) & (confidence <= 1)).all()
+    novelty = mapped.obs["pred_novelty"].to_numpy()
+    assert novelty.shape == (30,) and ((novelty >= 0) & (novelty <= 1)).all()
     assert mapped.uns["pred"]["params"]["labels_key"] == "kind"
     assert "kind" not in mapped.obs  # the query's own (absent) labels are not invented

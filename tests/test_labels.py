@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 import scamort
 from scamort import label_calibration
 from scamort.errors import InputError
-from scamort.labels import DEFAULT_THRESHOLD, expected_calibration_error
+from scamort.labels import DEFAULT_NOVELTY_THRESHOLD, DEFAULT_THRESHOLD, expected_calibration_error
 from tests.conftest import make_counts
 from tests.snapshot import assert_refused, take
 
@@ -93,7 +93,7 @@ def test_classifier_learns_held_out_cells(model: scamort.Model, split: tuple[ad.
     assert accuracy > 0.9  # chance: 1/3
 
 
-def test_soft_rows_are_probabilities_summing_to_the_in_distribution_probability(
+def test_soft_rows_are_temperature_scaled_softmax_and_novelty_is_the_distance_map(
     model: scamort.Model, split: tuple[ad.AnnData, ad.AnnData]
 ) -> None:
     query = split[1]
@@ -103,24 +103,53 @@ def test_soft_rows_are_probabilities_summing_to_the_in_distribution_probability(
     assert soft.index.equals(query.obs_names)
     values = soft.to_numpy()
     assert (values >= 0).all() and (values <= 1).all()
-    # oracle: sigmoid(a + b log(min squared Mahalanobis distance)) from the stored buffers
+    np.testing.assert_allclose(values.sum(1), 1.0, rtol=1e-5)
     classifier = model.module.label_classifier
     z = model.get_latent_representation(query).astype(np.float64)
+    # oracle: softmax(logits / T) of the classifier's own logits
+    with torch.no_grad():
+        logits = classifier(torch.as_tensor(z, dtype=torch.float32)).double().numpy()
+    scaled = logits / float(classifier.temperature)
+    expected_soft = np.exp(scaled - scaled.max(1, keepdims=True))
+    expected_soft /= expected_soft.sum(1, keepdims=True)
+    np.testing.assert_allclose(values, expected_soft, rtol=1e-4, atol=1e-6)
+    # oracle: 1 - sigmoid(a + b log(min squared Mahalanobis distance)) from the stored buffers
     means = classifier.class_means.double().numpy()
     precision = classifier.precision.double().numpy()
     distance = np.stack([np.einsum("nd,de,ne->n", z - m, precision, z - m) for m in means], 1)
     a, b = classifier.novelty.double().numpy()
-    expected = 1 / (1 + np.exp(-(a + b * np.log(distance.min(1) + 1e-6))))
-    np.testing.assert_allclose(values.sum(1), expected, rtol=1e-4, atol=1e-5)
+    expected = 1 - 1 / (1 + np.exp(-(a + b * np.log(distance.min(1) + 1e-6))))
+    score = model.novelty(query)
+    assert isinstance(score, pd.Series) and score.index.equals(query.obs_names)
+    np.testing.assert_allclose(score.to_numpy(), expected, rtol=1e-4, atol=1e-5)
     assert np.array_equal(model.predict(query), soft.columns.to_numpy()[values.argmax(1)])
 
 
 def test_novel_type_gets_low_confidence(model: scamort.Model, split: tuple[ad.AnnData, ad.AnnData]) -> None:
     query = split[1]
     novel = (query.obs["cell_type"] == "type3").to_numpy()
+    score = model.novelty(query).to_numpy()
+    assert np.median(score[~novel]) < DEFAULT_NOVELTY_THRESHOLD < np.median(score[novel])
+    assert roc_auc_score(novel, score) > 0.9
     confidence = model.predict(query, soft=True).to_numpy().max(1)
-    assert np.median(confidence[novel]) < DEFAULT_THRESHOLD < np.median(confidence[~novel])
-    assert roc_auc_score(novel, 1 - confidence) > 0.9
+    assert np.median(confidence[~novel]) > DEFAULT_THRESHOLD
+
+
+def test_confidence_is_calibrated_on_cells_not_trained_on(
+    model: scamort.Model, split: tuple[ad.AnnData, ad.AnnData]
+) -> None:
+    """The temperature-scaled confidence matches the accuracy on held-out cells of reference types, and
+    better than its product with the in-distribution probability (the former soft output) does."""
+    query = split[1]
+    known = (query.obs["cell_type"] != "type3").to_numpy()
+    cells = query[known].copy()
+    soft = model.predict(cells, soft=True)
+    correct = soft.idxmax(axis=1).to_numpy() == cells.obs["cell_type"].to_numpy()
+    confidence = soft.to_numpy().max(1)
+    product = confidence * (1 - model.novelty(cells).to_numpy())
+    ece = expected_calibration_error(confidence, correct)
+    assert ece < 0.1
+    assert ece < expected_calibration_error(product, correct)
 
 
 def test_temperature_fit_reduces_calibration_error() -> None:
@@ -164,17 +193,30 @@ def test_transfer_labels_writes_exactly_its_keys(
     after = take(query)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert changed == ["adata.obs", "adata.uns"]
-    assert list(query.obs.columns) == [*split[1].obs.columns, "scamort_label", "scamort_label_confidence"]
+    assert list(query.obs.columns) == [
+        *split[1].obs.columns,
+        "scamort_label",
+        "scamort_label_confidence",
+        "scamort_label_novelty",
+    ]
     assert list(query.uns) == ["scamort_label"]
     params = query.uns["scamort_label"]["params"]
     assert params["threshold"] == DEFAULT_THRESHOLD and params["unknown_label"] == "unknown"
+    assert params["novelty_threshold"] == DEFAULT_NOVELTY_THRESHOLD
     soft = model.predict(split[1], soft=True).to_numpy()
     confidence = query.obs["scamort_label_confidence"].to_numpy()
     np.testing.assert_array_equal(confidence, soft.max(1).astype(np.float32))
     labels = query.obs["scamort_label"]
     assert list(labels.cat.categories) == [*model.registry.label_categories, "unknown"]
-    assert ((labels == "unknown").to_numpy() == (confidence < DEFAULT_THRESHOLD)).all()
-    copy = scamort.tl.transfer_labels(split[1], model, key_added="mine", threshold=0.0, copy=True)
+    novelty = query.obs["scamort_label_novelty"].to_numpy()
+    np.testing.assert_array_equal(novelty, model.novelty(split[1]).to_numpy().astype(np.float32))
+    unknown = (confidence < DEFAULT_THRESHOLD) | (novelty > DEFAULT_NOVELTY_THRESHOLD)
+    assert ((labels == "unknown").to_numpy() == unknown).all()
+    novel = (split[1].obs["cell_type"] == "type3").to_numpy()
+    assert (labels[novel] == "unknown").mean() > 0.8
+    copy = scamort.tl.transfer_labels(
+        split[1], model, key_added="mine", threshold=0.0, novelty_threshold=1.0, copy=True
+    )
     assert copy is not None and "mine" in copy.obs and "mine" not in split[1].obs
     assert not (copy.obs["mine"] == "unknown").any()
 
@@ -204,6 +246,12 @@ def test_transfer_labels_refuses_bad_options(
     query = split[1]
     assert_refused(
         lambda: scamort.tl.transfer_labels(query, model, threshold=1.5), InputError, "threshold", query
+    )
+    assert_refused(
+        lambda: scamort.tl.transfer_labels(query, model, novelty_threshold=-0.1),
+        InputError,
+        "novelty_threshold",
+        query,
     )
     assert_refused(
         lambda: scamort.tl.transfer_labels(query, model, unknown_label="type0"),

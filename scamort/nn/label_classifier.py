@@ -82,6 +82,11 @@ class LabelClassifier(nn.Module):
 
     def probabilities(self, z: torch.Tensor) -> torch.Tensor:
         """Calibrated label probabilities ``(batch, n_labels)``: the softmax of the logits over the
-        temperature, times :meth:`in_distribution`; each row sums to the in-distribution probability."""
-        softmax = torch.softmax(self(z) / self.temperature, dim=1)
-        return softmax * self.in_distribution(z)[:, None]
+        fitted temperature; each row sums to 1. The novelty score is separate (:meth:`novelty_score`),
+        since folding it into the probabilities makes them underconfident on shifted query cells."""
+        return torch.softmax(self(z) / self.temperature, dim=1)
+
+    def novelty_score(self, z: torch.Tensor) -> torch.Tensor:
+        """Probability ``(batch,)`` that each cell of ``z`` ``(batch, n_latent)`` is of a type absent
+        from the reference: ``1 -`` :meth:`in_distribution`."""
+        return 1.0 - self.in_distribution(z)
