@@ -124,8 +124,8 @@ class ModalityTensors:
         length = self.indptr[index + 1] - start
         indptr = torch.zeros(index.shape[0] + 1, dtype=torch.int64, device=index.device)
         torch.cumsum(length, 0, out=indptr[1:])
-        shift = torch.repeat_interleave(start - indptr[:-1], length)
-        position = torch.arange(shift.shape[0], device=index.device) + shift
+        position = torch.repeat_interleave(start - indptr[:-1], length)
+        position += torch.arange(position.shape[0], device=index.device)  # in place: one entry-sized temp
         return ModalityTensors(
             indptr=indptr,
             indices=self.indices[position],
