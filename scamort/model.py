@@ -30,7 +30,9 @@ from scamort._docstrings import docstring_from
 from scamort.amortization_gap import AmortizationGap
 from scamort.data import Modality, Registry
 from scamort.data.backed import EncodedCells
+from scamort.data.cell_data import CHANGED_COUNTS, counts_checksum
 from scamort.data.sources import ModalityCounts
+from scamort.errors import InputError
 from scamort.labels import novelty as label_novelty
 from scamort.labels import predict as predict_labels
 from scamort.model_parts import ModelParts
@@ -195,13 +197,17 @@ class Model:
         self._data: EncodedCells
         self.module: VAE
         self._data, self.module = build_module(adata, registry, init_params, read)
+        self._checksum = counts_checksum(self._data)
         self.history: pd.DataFrame | None = None
         self.train_indices: np.ndarray | None = None
         self.validation_indices: np.ndarray | None = None
         self.is_trained = False
 
     def _parts(self) -> ModelParts:
-        """What the query modules read of this model."""
+        """What the query modules read of this model (refusing counts changed in place since encoding:
+        the encoded tensors may share the user's arrays)."""
+        if counts_checksum(self._data) != self._checksum:
+            raise InputError(CHANGED_COUNTS)
         return ModelParts(self.module, self.registry, self.adata, self._data)
 
     @property
@@ -236,7 +242,7 @@ class Model:
     ) -> pd.DataFrame:
         result = model_training.train(
             self.module,
-            self._data,
+            self._parts().data,
             self.registry.modality_names,
             self.init_params["seed"],
             max_epochs=max_epochs,

@@ -52,12 +52,13 @@ def test_model_construction_allocates_one_copy_of_the_counts() -> None:
     assert tensors.indices.dtype == torch.int32 and tensors.values.dtype == torch.float32
 
 
-def test_encoded_counts_are_private_and_exact() -> None:
+def test_encoded_counts_share_the_users_arrays_and_are_exact() -> None:
+    # a canonical float32 CSR is read without a copy (the model's share of memory stays below the CSR)
     adata = _sparse_adata(300, 40, per_cell=7, seed=1)
     expected = adata.X.copy()
     model = scamort.Model(adata)
-    adata.X.data[:] = 0  # the user overwrites their counts (e.g. normalises in place)
     tensors = model._data.modalities["rna"]
+    assert np.shares_memory(tensors.values.numpy(), adata.X.data)
     encoded = sp.csr_matrix(
         (tensors.values.numpy(), tensors.indices.numpy(), tensors.indptr.numpy()), shape=expected.shape
     )
@@ -66,6 +67,27 @@ def test_encoded_counts_are_private_and_exact() -> None:
         [np.sum([np.log(np.arange(1, v + 1)).sum() for v in row]) for row in expected.toarray()]
     )
     np.testing.assert_allclose(tensors.log_factorial.numpy(), lgamma, rtol=1e-10)
+
+
+def test_counts_changed_in_place_after_model_are_refused() -> None:
+    adata = _sparse_adata(300, 40, per_cell=7, seed=1)
+    model = scamort.Model(adata)
+    adata.X.data[:5] += 1  # the user changes their counts in place (e.g. normalises) after Model()
+    with pytest.raises(InputError, match="changed in place"):
+        model.train(max_epochs=1, progress_bar=False)
+    with pytest.raises(InputError, match="changed in place"):
+        model.get_latent_representation()
+    adata.X.data[:5] -= 1  # restored: usable again
+    assert model.get_latent_representation().shape == (300, 10)
+
+
+def test_integer_counts_are_copied_and_not_refused_after_a_change() -> None:
+    adata = _sparse_adata(300, 40, per_cell=7, seed=1)
+    adata.X = adata.X.astype(np.int64)
+    model = scamort.Model(adata)
+    assert not np.shares_memory(model._data.modalities["rna"].values.numpy(), adata.X.data)
+    adata.X.data[:] = 0  # a private float32 copy: the model keeps its counts
+    assert model.get_latent_representation().shape == (300, 10)
 
 
 def test_log_factorial_in_blocks_is_bitwise_the_whole_sum(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,16 @@ import torch
 from scamort.data.measured import MeasuredPatterns
 from scamort.data.sparse_batch import SparseBatch
 
-__all__ = ["GATHER_ENTRIES", "CellData", "Minibatch", "ModalityBatch", "ModalityTensors", "cell_keys"]
+__all__ = [
+    "CHANGED_COUNTS",
+    "GATHER_ENTRIES",
+    "CellData",
+    "Minibatch",
+    "ModalityBatch",
+    "ModalityTensors",
+    "cell_keys",
+    "counts_checksum",
+]
 
 
 #: Stored entries (over all modalities, on average) gathered at a time by :meth:`CellData.iterate`;
@@ -115,8 +124,8 @@ class ModalityTensors:
         length = self.indptr[index + 1] - start
         indptr = torch.zeros(index.shape[0] + 1, dtype=torch.int64, device=index.device)
         torch.cumsum(length, 0, out=indptr[1:])
-        shift = torch.repeat_interleave(start - indptr[:-1], length)
-        position = torch.arange(shift.shape[0], device=index.device) + shift
+        position = torch.repeat_interleave(start - indptr[:-1], length)
+        position += torch.arange(position.shape[0], device=index.device)  # in place: one entry-sized temp
         return ModalityTensors(
             indptr=indptr,
             indices=self.indices[position],
@@ -226,6 +235,10 @@ class Minibatch:
         return self.batch_index.shape[0]
 
 
+#: Cell names hashed at a time by :func:`cell_keys`.
+_NAMES_PER_BLOCK = 1 << 16
+
+
 def cell_keys(names: Sequence[str]) -> torch.Tensor:
     """Stable non-negative 31-bit ids of cells from their names, shape ``(n_cells,)`` int64.
 
@@ -237,8 +250,12 @@ def cell_keys(names: Sequence[str]) -> torch.Tensor:
     names
         Cell names (``obs_names``).
     """
-    hashed = pd.util.hash_pandas_object(pd.Index(list(map(str, names))), index=False).to_numpy()
-    return torch.as_tensor((hashed & np.uint64(0x7FFFFFFF)).astype(np.int64))
+    keys = np.empty(len(names), dtype=np.int64)
+    for start in range(0, len(names), _NAMES_PER_BLOCK):  # bounded temporaries (strings, hashes)
+        block = pd.Index(list(map(str, names[start : start + _NAMES_PER_BLOCK])))
+        hashed = pd.util.hash_pandas_object(block, index=False).to_numpy()
+        keys[start : start + len(block)] = hashed & np.uint64(0x7FFFFFFF)
+    return torch.from_numpy(keys)
 
 
 @dataclass(frozen=True)
@@ -349,3 +366,27 @@ class CellData:
             host_indptrs = {name: t.indptr.cpu().numpy() for name, t in ordered.modalities.items()}
             for start in range(0, ordered.n_cells, batch_size):
                 yield ordered.slice(start, min(start + batch_size, ordered.n_cells), host_indptrs)
+
+
+#: The refusal of counts changed in place after a model encoded them.
+CHANGED_COUNTS = (
+    "The counts of the model's AnnData were changed in place after Model(adata) (scamort reads them "
+    "without a copy); restore them, or build a new Model on the changed data."
+)
+
+
+def counts_checksum(data: object) -> tuple[float, ...] | None:
+    """A cheap fingerprint of in-memory counts (per modality: the float64 sum of the values, the sum of
+    the column indices and the number of stored entries), or None for data that are not
+    :class:`CellData`.
+
+    The tensors may share the user's own CSR arrays (no copy is made of a canonical float32 matrix),
+    so a model compares this before it uses them, to refuse counts changed in place since encoding.
+    """
+    if not isinstance(data, CellData):
+        return None
+    out: list[float] = []
+    for tensors in data.modalities.values():
+        values, indices = tensors.values.cpu().numpy(), tensors.indices.cpu().numpy()
+        out += [float(np.sum(values, dtype=np.float64)), float(np.sum(indices, dtype=np.int64)), indices.size]
+    return tuple(out)

@@ -99,8 +99,10 @@ def _as_csr(matrix: Any) -> tuple[sp.csr_matrix, bool]:
 
 
 def _private_float32(counts: sp.csr_matrix, shared: bool) -> sp.csr_matrix:
-    """``counts`` as float32 in memory of scamort's own (one copy at most)."""
-    if counts.dtype == np.float32 and not shared:
+    """``counts`` as float32: the user's own arrays when they already are canonical float32 CSR
+    (scamort only reads them: every later step that changes entries works on a copy), otherwise a
+    private copy (one at most)."""
+    if counts.dtype == np.float32 and (not shared or counts.data.flags.writeable):
         return counts
     return counts.astype(np.float32, copy=True)
 
@@ -184,7 +186,8 @@ def read_counts(
     Returns
     -------
     counts
-        CSR float32, shape ``(n_cells, n_features)``; never shares memory that scamort later modifies.
+        CSR float32, shape ``(n_cells, n_features)``; it may share the user's arrays (a canonical
+        float32 CSR is not copied), so callers copy before changing entries.
     feature_names
         Names of the columns.
     where
