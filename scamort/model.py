@@ -30,9 +30,8 @@ from scamort._docstrings import docstring_from
 from scamort.amortization_gap import AmortizationGap
 from scamort.data import Modality, Registry
 from scamort.data.backed import EncodedCells
-from scamort.data.cell_data import CHANGED_COUNTS, counts_checksum
+from scamort.data.cell_data import counts_checksum, refuse_changed_counts
 from scamort.data.sources import ModalityCounts
-from scamort.errors import InputError
 from scamort.labels import novelty as label_novelty
 from scamort.labels import predict as predict_labels
 from scamort.model_parts import ModelParts
@@ -204,10 +203,8 @@ class Model:
         self.is_trained = False
 
     def _parts(self) -> ModelParts:
-        """What the query modules read of this model (refusing counts changed in place since encoding:
-        the encoded tensors may share the user's arrays)."""
-        if counts_checksum(self._data) != self._checksum:
-            raise InputError(CHANGED_COUNTS)
+        """What the query modules read of this model; refuses counts changed in place since encoding."""
+        refuse_changed_counts(self._data, self._checksum)
         return ModelParts(self.module, self.registry, self.adata, self._data)
 
     @property

@@ -12,6 +12,7 @@ import torch
 
 from scamort.data.measured import MeasuredPatterns
 from scamort.data.sparse_batch import SparseBatch
+from scamort.errors import InputError
 
 __all__ = [
     "CHANGED_COUNTS",
@@ -22,6 +23,7 @@ __all__ = [
     "ModalityTensors",
     "cell_keys",
     "counts_checksum",
+    "refuse_changed_counts",
 ]
 
 
@@ -390,3 +392,10 @@ def counts_checksum(data: object) -> tuple[float, ...] | None:
         values, indices = tensors.values.cpu().numpy(), tensors.indices.cpu().numpy()
         out += [float(np.sum(values, dtype=np.float64)), float(np.sum(indices, dtype=np.int64)), indices.size]
     return tuple(out)
+
+
+def refuse_changed_counts(data: object, checksum: tuple[float, ...] | None) -> None:
+    """Raise :class:`~scamort.errors.InputError` (:data:`CHANGED_COUNTS`) when ``data``'s
+    :func:`counts_checksum` differs from ``checksum``, the one taken when the model encoded them."""
+    if counts_checksum(data) != checksum:
+        raise InputError(CHANGED_COUNTS)
