@@ -290,6 +290,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-mc-samples", type=int, default=None, help="importance samples (default 100)")
     parser.add_argument("--mouse-brain", type=Path, default=MOUSE_BRAIN_H5AD, help="mouse-brain .h5ad")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 epochs, 10 samples, seed 0")
+    parser.add_argument(
+        "--matched-epochs", type=int, default=100, help="epochs of the matched protocol (an epoch sweep)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="output JSON (default results/quality.json)")
     parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: theirs)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, help="results files to combine")
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
         numba.set_num_threads(args.threads)
     n_mc = args.n_mc_samples if args.n_mc_samples is not None else (10 if args.quick else 100)
-    settings = Settings(n_mc_samples=n_mc, quick=args.quick)
+    settings = Settings(n_mc_samples=n_mc, quick=args.quick, matched_epochs=args.matched_epochs)
     out = args.out or RESULTS_DIR / ("quality_quick.json" if args.quick else "quality.json")
     payload: dict[str, Any] = {
         "benchmark": "quality",

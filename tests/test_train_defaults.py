@@ -39,7 +39,7 @@ def test_model_train_passes_the_default_warmup_and_eps(counts_adata, monkeypatch
     history = scamort.Model(counts_adata).train(max_epochs=8, progress_bar=False)
     assert seen["config"].kl_warmup_epochs == 2
     groups = {group["name"]: group for group in created[0]["groups"]}
-    assert groups["decoders"]["eps"] == DEFAULT_DECODER_ADAM_EPS == 1e-8  # plain AdamW until panels.py agrees
+    assert groups["decoder_heads"]["eps"] == DEFAULT_DECODER_ADAM_EPS == 0.1
     assert groups["other"]["eps"] == DEFAULT_ADAM_EPS == 1e-8
     # linear per-step warm-up: weight 1 from the end of epoch 2 on
     assert history["kl_weight"].iloc[0] < 1 and (history["kl_weight"].iloc[2:] == 1).all()
@@ -52,26 +52,32 @@ def test_non_positive_adam_eps_is_refused(name: str, eps: float) -> None:
         TrainConfig(max_epochs=1, **{name: eps})
 
 
-def test_decoders_get_their_own_eps_in_a_multimodal_model(counts_adata) -> None:
-    """Every parameter is in exactly one group; the decoders' (RNA and protein) in the decoder group,
-    the encoders', library heads' and classifier's in the other."""
+def test_only_the_count_decoders_output_layers_get_the_decoder_eps(counts_adata) -> None:
+    """Every parameter is in exactly one group; the RNA (nb) decoder's output layer is in the
+    damped group, and the protein (nbmixture) decoder, the hidden layers, dispersions, encoders and
+    library heads are in the other."""
     adata = counts_adata.copy()
     adata.obsm["protein"] = adata.X[:, :5].toarray() if hasattr(adata.X, "toarray") else adata.X[:, :5].copy()
     model = scamort.Model(
-        adata, modalities={"rna": scamort.Modality(), "prot": scamort.Modality(obsm_key="protein")}
+        adata,
+        modalities={
+            "rna": scamort.Modality(),
+            "prot": scamort.Modality(obsm_key="protein", likelihood="nbmixture"),
+        },
     )
     config = TrainConfig(max_epochs=1, adam_eps=1e-7, decoder_adam_eps=0.05)
     groups = {group["name"]: group for group in parameter_groups(model.module, config)}
-    assert (groups["decoders"]["eps"], groups["other"]["eps"]) == (0.05, 1e-7)
+    assert (groups["decoder_heads"]["eps"], groups["other"]["eps"]) == (0.05, 1e-7)
     names = {id(p): n for n, p in model.module.named_parameters()}
-    decoder_names = {names[id(p)] for p in groups["decoders"]["params"]}
-    other_names = {names[id(p)] for p in groups["other"]["params"]}
-    assert decoder_names | other_names == set(names.values()) and not decoder_names & other_names
-    assert len(groups["decoders"]["params"]) + len(groups["other"]["params"]) == len(names)
-    assert decoder_names == {n for n in names.values() if n.startswith("decoders.")}
-    assert {"decoders.rna.head.weight", "decoders.prot.head.weight"} <= decoder_names
-    assert any(n.startswith("encoders.prot") for n in other_names)
-    assert any(n.startswith("library_heads.") for n in other_names)
+    damped = {names[id(p)] for p in groups["decoder_heads"]["params"]}
+    other = {names[id(p)] for p in groups["other"]["params"]}
+    assert damped | other == set(names.values()) and not damped & other
+    assert len(groups["decoder_heads"]["params"]) + len(groups["other"]["params"]) == len(names)
+    assert damped == {"decoders.rna.head.weight", "decoders.rna.head.bias"}
+    assert {"decoders.prot.head.weight", "decoders.rna.log_theta"} <= other
+    assert any(n.startswith("decoders.rna.body.") for n in other)
+    assert any(n.startswith("encoders.prot") for n in other)
+    assert any(n.startswith("library_heads.") for n in other)
 
 
 def test_equal_eps_is_plain_one_group_adamw_and_the_decoder_eps_matters(

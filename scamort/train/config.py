@@ -18,10 +18,10 @@ __all__ = [
     "resolve_device",
 ]
 
-#: Default AdamW ``eps`` of every parameter outside the decoders (see :class:`TrainConfig`).
+#: Default AdamW ``eps`` of every parameter but the count decoders' output layers (see :class:`TrainConfig`).
 DEFAULT_ADAM_EPS = 1e-8
-#: Default AdamW ``eps`` of the decoders' parameters (see :class:`TrainConfig`).
-DEFAULT_DECODER_ADAM_EPS = 1e-8
+#: Default AdamW ``eps`` of the count decoders' output layers (see :class:`TrainConfig`).
+DEFAULT_DECODER_ADAM_EPS = 0.1
 
 
 def default_max_epochs(n_cells: int) -> int:
@@ -58,10 +58,11 @@ class TrainConfig:
         AdamW learning rate and decoupled weight decay.
     adam_eps, decoder_adam_eps
         AdamW's ``eps``, added to the root of the second-moment estimate: ``decoder_adam_eps``
-        for the decoders' parameters, ``adam_eps`` for all others (both default ``1e-8``, plain
-        AdamW; scvi-tools uses 0.01 for all). A large value damps the steps of weights whose
-        gradients are small and noisy, such as a decoder's rows for rarely expressed features, and
-        so regularises (see :mod:`scamort.train.optimizer`).
+        (default ``0.1``) for the output layers of the count decoders (``nb``, ``zinb``,
+        ``poisson``), ``adam_eps`` (default ``1e-8``, plain AdamW) for all other parameters;
+        scvi-tools uses 0.01 for all. A large value damps the steps of weights whose gradients are
+        small and noisy, such as a decoder's rows for rarely expressed genes, and so regularises
+        (see :mod:`scamort.train.optimizer`).
     train_size
         Fraction of cells trained on; the rest is the validation split (early stopping, history).
     early_stopping, early_stopping_patience

@@ -1,11 +1,15 @@
-"""The AdamW optimiser of :func:`scamort.train.fit`: the decoders can get their own ``eps``.
+"""The AdamW optimiser of :func:`scamort.train.fit`: the count decoders' output layers get their own ``eps``.
 
-Adam divides each step by the root of the gradient's second moment plus ``eps``. A decoder's output
-weights for a rarely expressed feature get small, noisy gradients, which plain Adam (``eps`` 1e-8)
-scales up to full-size steps: the decoder then fits the training cells' noise. A large ``eps`` on
-the decoders only (``TrainConfig.decoder_adam_eps``) turns those steps into small SGD steps, while
-the encoders, library heads and classifiers keep ``TrainConfig.adam_eps``; see
-``benchmarks/quality.py`` and ``benchmarks/panels.py``. Both default to plain AdamW's ``1e-8``.
+Adam divides each step by the root of the gradient's second moment plus ``eps``. The output layer of
+a count decoder (``nb``, ``zinb``, ``poisson``: RNA-type counts read as proportions of the library)
+holds one row per feature; the rows of rarely expressed features get small, noisy gradients, which
+plain Adam (``eps`` 1e-8) scales up to full-size steps, so the decoder fits the training cells'
+noise. A large ``eps`` on those output layers only (``TrainConfig.decoder_adam_eps``) turns their
+steps into small SGD steps. Everything else keeps ``TrainConfig.adam_eps``: the decoders' hidden
+layers and covariate embeddings, the dispersions, the protein decoders (``nbmixture``: a few
+well-measured features, whose background and foreground a damped head learns too slowly), the
+encoders, library heads and classifiers. ``benchmarks/quality.py`` and ``benchmarks/panels.py``
+measure the choice.
 """
 
 from __future__ import annotations
@@ -16,7 +20,35 @@ import torch
 
 from scamort.train.config import TrainConfig
 
-__all__ = ["build_optimizer", "parameter_groups"]
+__all__ = ["DAMPED_LIKELIHOODS", "build_optimizer", "damped_parameters", "parameter_groups"]
+
+#: Likelihoods whose decoders' output layers (``decoder.head``) get ``TrainConfig.decoder_adam_eps``.
+DAMPED_LIKELIHOODS = ("nb", "zinb", "poisson")
+
+
+def damped_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The output-layer parameters of ``module``'s count decoders (``DAMPED_LIKELIHOODS``).
+
+    Parameters
+    ----------
+    module
+        The model; its ``decoders`` (a ``torch.nn.ModuleDict`` of modality name to decoder, when it
+        has one) are searched for decoders whose ``likelihood`` is in ``DAMPED_LIKELIHOODS``.
+
+    Returns
+    -------
+    list of torch.nn.Parameter
+        Each such decoder's ``head`` weight ``(n_features, n_hidden)`` and bias ``(n_features,)``.
+    """
+    decoders = getattr(module, "decoders", None)
+    if not isinstance(decoders, torch.nn.ModuleDict):
+        return []
+    return [
+        parameter
+        for decoder in decoders.values()
+        if getattr(decoder, "likelihood", None) in DAMPED_LIKELIHOODS
+        for parameter in decoder.head.parameters()
+    ]
 
 
 def parameter_groups(module: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -25,21 +57,23 @@ def parameter_groups(module: torch.nn.Module, config: TrainConfig) -> list[dict[
     Parameters
     ----------
     module
-        The model; only its parameters that require a gradient are optimised, and those of its
-        ``decoders`` (an ``nn.Module``, when it has one) form the decoder group.
+        The model; only its parameters that require a gradient are optimised.
     config
-        ``decoder_adam_eps`` for the decoder group, ``adam_eps`` for every other parameter.
+        ``decoder_adam_eps`` for :func:`damped_parameters`, ``adam_eps`` for every other parameter.
 
     Returns
     -------
     list of dict
-        ``{"name", "params", "eps"}`` per non-empty group: ``"decoders"`` then ``"other"``.
+        ``{"name", "params", "eps"}`` per non-empty group: ``"decoder_heads"`` then ``"other"``.
     """
-    decoders = getattr(module, "decoders", None)
-    ids = {id(p) for p in decoders.parameters()} if isinstance(decoders, torch.nn.Module) else set()
+    ids = {id(p) for p in damped_parameters(module)}
     params = [p for p in module.parameters() if p.requires_grad]  # frozen ones are not optimised
     groups = [
-        {"name": "decoders", "params": [p for p in params if id(p) in ids], "eps": config.decoder_adam_eps},
+        {
+            "name": "decoder_heads",
+            "params": [p for p in params if id(p) in ids],
+            "eps": config.decoder_adam_eps,
+        },
         {"name": "other", "params": [p for p in params if id(p) not in ids], "eps": config.adam_eps},
     ]
     return [group for group in groups if group["params"]]
