@@ -43,11 +43,13 @@ def damped_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     decoders = getattr(module, "decoders", None)
     if not isinstance(decoders, torch.nn.ModuleDict):
         return []
-    return [
-        parameter
+    heads = [
+        decoder.head
         for decoder in decoders.values()
         if getattr(decoder, "likelihood", None) in DAMPED_LIKELIHOODS
-        for parameter in decoder.head.parameters()
+    ]
+    return [
+        parameter for head in heads if isinstance(head, torch.nn.Module) for parameter in head.parameters()
     ]
 
 
