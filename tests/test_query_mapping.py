@@ -228,7 +228,9 @@ def test_rna_only_query_on_a_cite_reference_imputes_its_protein():
         "prot": scamort.Modality(obsm_key="protein_expression", likelihood="nbmixture"),
     }
     reference = scamort.Model(ref, batch_key="batch", modalities=modalities, n_hidden=32, n_latent=5)
-    reference.train(max_epochs=40, progress_bar=False)
+    # 80 epochs: the RNA decoder's damped output layer needs them on this small set (median r about 0.88;
+    # 0.43 after 40)
+    reference.train(max_epochs=80, progress_bar=False)
     before = take(query)
     query_model = scamort.Model.load_query_data(query, reference)
     query_model.train(progress_bar=False)
