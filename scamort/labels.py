@@ -266,7 +266,7 @@ def transfer_labels(
             f"unknown_label must be a non-empty string that is not a reference label; got {unknown_label!r} "
             f"(the reference labels are {', '.join(map(repr, reference[:10]))})."
         )
-    table, score = model.predict(adata, soft=True), model.novelty(adata)
+    table, score = _scores(model._parts(), adata, None, batch_size=4096)  # one pass over the cells
     values = table.to_numpy()
     confidence = values.max(1).astype(np.float32)
     novel = score.to_numpy().astype(np.float32)

@@ -389,9 +389,16 @@ def counts_checksum(data: object) -> tuple[float, ...] | None:
         return None
     out: list[float] = []
     for tensors in data.modalities.values():
-        values, indices = tensors.values.cpu().numpy(), tensors.indices.cpu().numpy()
-        out += [float(np.sum(values, dtype=np.float64)), float(np.sum(indices, dtype=np.int64)), indices.size]
+        out += [_sum(tensors.values, np.float64), _sum(tensors.indices, np.int64), tensors.indices.numel()]
     return tuple(out)
+
+
+def _sum(tensor: torch.Tensor, dtype: type) -> float:
+    """``tensor``'s sum in ``dtype``, reduced where it lives: numpy's (deterministic, thread-count
+    independent) pairwise sum on a zero-copy view of a CPU tensor, torch's on a device (no host copy)."""
+    if tensor.device.type == "cpu":
+        return float(np.sum(tensor.numpy(), dtype=dtype))
+    return float(torch.sum(tensor, dtype=torch.float64 if dtype is np.float64 else torch.int64).item())
 
 
 def refuse_changed_counts(data: object, checksum: tuple[float, ...] | None) -> None:

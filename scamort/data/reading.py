@@ -98,7 +98,7 @@ def _as_csr(matrix: Any) -> tuple[sp.csr_matrix, bool]:
     return csr, False
 
 
-def _private_float32(counts: sp.csr_matrix, shared: bool) -> sp.csr_matrix:
+def _float32_counts(counts: sp.csr_matrix, shared: bool) -> sp.csr_matrix:
     """``counts`` as float32: the user's own arrays when they already are canonical float32 CSR
     (scamort only reads them: every later step that changes entries works on a copy), otherwise a
     private copy (one at most)."""
@@ -204,7 +204,7 @@ def read_counts(
         features=names,
         binary=modality.is_binary and not modality.binarize,
     )
-    return _private_float32(counts, shared), names, where
+    return _float32_counts(counts, shared), names, where
 
 
 def refuse_duplicated_names(index: pd.Index, where: str) -> None:
