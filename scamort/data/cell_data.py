@@ -89,15 +89,7 @@ class ModalityTensors:
             counts = sp.csr_matrix(counts).astype(np.float32, copy=True)
         counts.sum_duplicates()
         values = counts.data
-        log_factorial = np.zeros(counts.shape[0], dtype=np.float64)
-        for start, stop in _row_blocks(counts.indptr):
-            first, last = counts.indptr[start], counts.indptr[stop]
-            row_of_entry = np.repeat(np.arange(stop - start), np.diff(counts.indptr[start : stop + 1]))
-            log_factorial[start:stop] = np.bincount(
-                row_of_entry,
-                weights=_lgamma_plus_one(values[first:last].astype(np.float64)),
-                minlength=stop - start,
-            )
+        log_factorial = row_log_factorials(counts)
         library = np.asarray(counts.sum(axis=1)).ravel()
         return cls(
             indptr=torch.as_tensor(counts.indptr.astype(np.int64)),
@@ -188,6 +180,21 @@ def _row_blocks(indptr: np.ndarray, n_entries: int = _ENTRIES_PER_BLOCK):
         stop = min(max(stop, start + 1), n_rows)
         yield start, stop
         start = stop
+
+
+def row_log_factorials(counts: sp.csr_matrix) -> np.ndarray:
+    """``sum_g lgamma(x_g + 1)`` of each row of a canonical CSR matrix, ``(n_rows,)`` float64, summed
+    in stored order a block of rows at a time (the same value for a row wherever it is stored)."""
+    log_factorial = np.zeros(counts.shape[0], dtype=np.float64)
+    for start, stop in _row_blocks(counts.indptr):
+        first, last = counts.indptr[start], counts.indptr[stop]
+        row_of_entry = np.repeat(np.arange(stop - start), np.diff(counts.indptr[start : stop + 1]))
+        log_factorial[start:stop] = np.bincount(
+            row_of_entry,
+            weights=_lgamma_plus_one(counts.data[first:last].astype(np.float64)),
+            minlength=stop - start,
+        )
+    return log_factorial
 
 
 def _lgamma_plus_one(values: np.ndarray) -> np.ndarray:
