@@ -73,16 +73,18 @@ def case_store(
 ) -> dict[str, Any]:
     """Train on ``store`` (``memory_rna``, ``memory_cite``, ``h5ad``, ``zarr`` or ``h5mu``), reading
     ``prefetch`` pools ahead (None: scamort's default for this machine)."""
-    from _common import peak_rss_mb, reset_peak_rss, warm_up_torch
+    from _common import current_rss_mb, peak_rss_mb, reset_peak_rss, warm_up_torch
 
     import scamort
 
     held_out = _heldout(store)
     warm_up_torch()
+    before_open_mb = current_rss_mb()
     reset_peak_rss()
     started = time.perf_counter()
     data = _open(store, path, n_cells)
     opened_seconds = time.perf_counter() - started
+    opened_mb = current_rss_mb()  # the user's object: what opening it (or growing it in memory) holds
     cite = "cite" in store or store == "h5mu"
     modalities = {k: scamort.Modality(**v) for k, v in CITE_MODALITIES.items()} if cite else None
     model = scamort.Model(data, modalities=modalities)
@@ -116,6 +118,9 @@ def case_store(
         "read_seconds_per_epoch": read_seconds.tolist() if reads else None,
         "heldout_elbo": model.get_elbo(held_out),
         "peak_rss_mb": peak_rss_mb(),
+        "rss_before_open_mb": before_open_mb,
+        "opened_object_mb": opened_mb - before_open_mb,
+        "peak_above_opened_mb": peak_rss_mb() - opened_mb,
         "file_mb": None if path is None else _size_mb(Path(path)),
     }
 
@@ -129,12 +134,12 @@ def _effective_prefetch(prefetch: int | None) -> int:
 
 
 def case_interleaved(
-    store: str, n_cells: int, path: str, rounds: int = 3, prefetch: tuple[int, ...] = (1,)
+    store: str, n_cells: int, path: str, rounds: int = 3, prefetch: tuple[int | None, ...] = (None,)
 ) -> dict[str, Any]:
     """Throughput of ``store`` against the same cells in memory in one process, one epoch of each in
     turn (round 1 is each one's first epoch), so that a loaded machine's drifting speed cancels in each
-    round's ratio. With several ``prefetch`` settings, each is one more model read from ``store``
-    (``disk_prefetch_P``), taking its turn in every round."""
+    round's ratio. Each ``prefetch`` setting is one model read from ``store`` (``disk_prefetch_P``; None:
+    scamort's default for this machine, ``disk_default``), taking its turn in every round."""
     from _common import warm_up_torch
 
     import scamort
@@ -150,7 +155,7 @@ def case_interleaved(
     for setting in prefetch:
         model = scamort.Model(_open(store, path, n_cells), modalities=modalities)
         model._data = model._data.rechunked(model._data.chunk_size, prefetch=setting)
-        models[f"disk_prefetch_{setting}"] = model
+        models["disk_default" if setting is None else f"disk_prefetch_{setting}"] = model
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
@@ -162,7 +167,7 @@ def case_interleaved(
         "interleaved": store,
         "n_cells": n_cells,
         "batch_size": BATCH,
-        "prefetch_settings": list(prefetch),
+        "prefetch_settings": [_effective_prefetch(p) for p in prefetch],
         "train_call_seconds": seconds,
     }
     for name in models:
@@ -219,6 +224,10 @@ def cases(quick: bool, workdir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
             "interleaved",
             {"store": store, "n_cells": n, "path": str(workdir / path), "prefetch": [1, 0]},
         )
+        out[f"interleaved_{store}_{n}_5_rounds"] = (
+            "interleaved",
+            {"store": store, "n_cells": n, "path": str(workdir / path), "rounds": 5},
+        )
     return out
 
 
@@ -269,6 +278,16 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             small = runs.get(name.replace(str(sizes[-1]), str(sizes[0])))
             if small is not None:
                 entry["peak_rss_large_over_small"] = run["peak_rss_mb"] / small["peak_rss_mb"]
+                if "opened_object_mb" in run and "opened_object_mb" in small:
+                    # bytes per extra cell: of the peak, of the user's opened object, and scamort's own
+                    extra_cells = run["n_cells"] - small["n_cells"]
+                    grown = {
+                        "peak": run["peak_rss_mb"] - small["peak_rss_mb"],
+                        "opened_object": run["opened_object_mb"] - small["opened_object_mb"],
+                    }
+                    grown["scamort"] = grown["peak"] - grown["opened_object"]
+                    for part, mb in grown.items():
+                        entry[f"{part}_bytes_per_extra_cell"] = mb * 2**20 / extra_cells
         out[name] = entry
     for name, run in results.items():
         if isinstance(run, dict) and "interleaved" in run:
