@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scamort.data.cell_data import CellData, Minibatch, ModalityTensors, row_log_factorials
+from scamort.data.cell_data import CellData, Minibatch, ModalityTensors
 from scamort.data.out_of_core import DiskModality, ModalitySummary, is_out_of_core, open_modalities
 from scamort.data.registry import Registry
 
@@ -186,9 +186,8 @@ class BackedCellData:
         )
 
     def _tensors(self, modality: DiskModality, rows: np.ndarray, positions: torch.Tensor) -> ModalityTensors:
-        """One modality of the cells at ``rows``: the counts read from disk, library sizes from the
-        summary, log-factorials from the counts read (the same values :meth:`ModalityTensors.from_csr`
-        computes; nothing per cell is kept for them)."""
+        """One modality of the cells at ``rows``: the counts read from disk, library sizes and
+        log-factorials from the summary (the same values :meth:`ModalityTensors.from_csr` computes)."""
         counts = self._counts(modality, rows)
         counts.sum_duplicates()
         summary = modality.summary
@@ -198,7 +197,7 @@ class BackedCellData:
             values=torch.as_tensor(counts.data.astype(np.float32, copy=False)),
             n_features=counts.shape[1],
             log_library=summary.log_library[positions].cpu(),
-            log_factorial=torch.from_numpy(row_log_factorials(counts)),
+            log_factorial=summary.log_factorial[positions].cpu(),
             present=summary.present[positions].cpu(),
         ).to(self.device)
 

@@ -17,6 +17,7 @@ import anndata as ad
 import numpy as np
 import torch
 
+from scamort.data.cell_data import lgamma_plus_one
 from scamort.data.disk import RowSource, is_on_disk
 from scamort.data.modality import Modality
 from scamort.data.reading import feature_positions, locate_counts
@@ -40,6 +41,9 @@ class ModalitySummary:
         Log of each cell's total count (at least 1), ``(n_cells,)`` float32.
     present
         Whether each cell was measured in this modality, ``(n_cells,)`` bool.
+    log_factorial
+        ``sum_g lgamma(x_g + 1)`` per cell, ``(n_cells,)`` float64 (as
+        :meth:`~scamort.data.cell_data.ModalityTensors.from_csr` computes it), so reads skip it.
     measured_table, measured_pattern
         Always None: out-of-core modalities have no feature mask.
     """
@@ -47,6 +51,7 @@ class ModalitySummary:
     n_features: int
     log_library: torch.Tensor
     present: torch.Tensor
+    log_factorial: torch.Tensor
     measured_table: None = None
     measured_pattern: None = None
 
@@ -56,6 +61,7 @@ class ModalitySummary:
             self,
             log_library=self.log_library.to(device),
             present=self.present.to(device),
+            log_factorial=self.log_factorial.to(device),
         )
 
 
@@ -127,10 +133,14 @@ def stored_features(data: Any, modalities: Mapping[str, Modality]) -> dict[str, 
     return out
 
 
-def _scan(source: RowSource, member: ad.AnnData, names: list[str], binary: bool) -> np.ndarray:
+def _scan(
+    source: RowSource, member: ad.AnnData, names: list[str], binary: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate every stored row, ``chunk_size`` at a time; return each row's total count (float32
-    values) after the model's reading (columns, binarize), ``(n_rows,)``."""
+    values) and ``sum_g lgamma(x_g + 1)`` (float64) after the model's reading (columns, binarize),
+    ``(n_rows,)`` each."""
     library = np.zeros(source.n_rows, dtype=np.float32)
+    log_factorial = np.zeros(source.n_rows)
     for start in range(0, source.n_rows, source.chunk_size):
         stop = min(start + source.chunk_size, source.n_rows)
         block = source.block(start, stop)
@@ -139,7 +149,10 @@ def _scan(source: RowSource, member: ad.AnnData, names: list[str], binary: bool)
         )
         counts = source.counts(block)
         library[start:stop] = np.asarray(counts.sum(axis=1)).ravel()
-    return library
+        rows = np.repeat(np.arange(stop - start), np.diff(counts.indptr))
+        values = counts.data.astype(np.float64)
+        log_factorial[start:stop] = np.bincount(rows, weights=lgamma_plus_one(values), minlength=stop - start)
+    return library, log_factorial
 
 
 def _member_rows(data: Any, member: ad.AnnData, name: str) -> np.ndarray | None:
@@ -171,12 +184,13 @@ def _open(
     columns = feature_positions(names, expected, where=where)
     where = f"{where} (backed)" if is_on_disk(raw) else where
     source = RowSource(raw, where, columns, modality.binarize, chunk_size)
-    library = _scan(source, member, names, binary=modality.is_binary and not modality.binarize)
+    library, log_factorial = _scan(source, member, names, binary=modality.is_binary and not modality.binarize)
     member_rows = _member_rows(data, member, name)
     n_cells = int(data.n_obs)
     present = np.ones(n_cells, dtype=bool) if member_rows is None else member_rows >= 0
     if member_rows is not None:
         library = np.where(present, library[np.maximum(member_rows, 0)], np.float32(0.0))
+        log_factorial = np.where(present, log_factorial[np.maximum(member_rows, 0)], 0.0)
     if modality.present_key is not None:
         present &= _present_flag(data.obs, modality.present_key, name)
     summary = ModalitySummary(
@@ -184,6 +198,7 @@ def _open(
         # as ModalityTensors.from_csr computes it: the float32 total, its float32 log
         log_library=torch.as_tensor(np.log(np.maximum(library, np.float32(1.0)))),
         present=torch.as_tensor(present),
+        log_factorial=torch.as_tensor(log_factorial),
     )
     return DiskModality(name, source, member_rows, summary), present & (library > 0)
 
