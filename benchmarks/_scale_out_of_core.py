@@ -68,23 +68,28 @@ def _time_reads() -> list[tuple[float, float]]:
     return reads
 
 
-def case_store(store: str, n_cells: int, path: str | None = None, prefetch: int = 1) -> dict[str, Any]:
-    """Train on ``store`` (``memory_rna``, ``memory_cite``, ``h5ad``, ``zarr`` or ``h5mu``)."""
-    from _common import peak_rss_mb, reset_peak_rss, warm_up_torch
+def case_store(
+    store: str, n_cells: int, path: str | None = None, prefetch: int | None = None
+) -> dict[str, Any]:
+    """Train on ``store`` (``memory_rna``, ``memory_cite``, ``h5ad``, ``zarr`` or ``h5mu``), reading
+    ``prefetch`` pools ahead (None: scamort's default for this machine)."""
+    from _common import current_rss_mb, peak_rss_mb, reset_peak_rss, warm_up_torch
 
     import scamort
 
     held_out = _heldout(store)
     warm_up_torch()
+    before_open_mb = current_rss_mb()
     reset_peak_rss()
     started = time.perf_counter()
     data = _open(store, path, n_cells)
     opened_seconds = time.perf_counter() - started
+    opened_mb = current_rss_mb()  # the user's object: what opening it (or growing it in memory) holds
     cite = "cite" in store or store == "h5mu"
     modalities = {k: scamort.Modality(**v) for k, v in CITE_MODALITIES.items()} if cite else None
     model = scamort.Model(data, modalities=modalities)
     setup_seconds = time.perf_counter() - started - opened_seconds
-    if prefetch != 1:  # the default is one pool ahead; the comparison without it reaches in
+    if prefetch is not None:  # the comparison with a fixed setting reaches in
         model._data = model._data.rechunked(model._data.chunk_size, prefetch=prefetch)
     reads = _time_reads()
     train_started = time.perf_counter()
@@ -100,7 +105,7 @@ def case_store(store: str, n_cells: int, path: str | None = None, prefetch: int 
         "tool": "scamort",
         "store": store,
         "out_of_core": not store.startswith("memory"),
-        "prefetch": prefetch if not store.startswith("memory") else None,
+        "prefetch": None if store.startswith("memory") else _effective_prefetch(prefetch),
         "n_cells": n_cells,
         "batch_size": BATCH,
         "epochs_run": len(history),
@@ -113,14 +118,28 @@ def case_store(store: str, n_cells: int, path: str | None = None, prefetch: int 
         "read_seconds_per_epoch": read_seconds.tolist() if reads else None,
         "heldout_elbo": model.get_elbo(held_out),
         "peak_rss_mb": peak_rss_mb(),
+        "rss_before_open_mb": before_open_mb,
+        "opened_object_mb": opened_mb - before_open_mb,
+        "peak_above_opened_mb": peak_rss_mb() - opened_mb,
         "file_mb": None if path is None else _size_mb(Path(path)),
     }
 
 
-def case_interleaved(store: str, n_cells: int, path: str, rounds: int = 3) -> dict[str, Any]:
+def _effective_prefetch(prefetch: int | None) -> int:
+    import torch
+
+    from scamort.data.backed import default_prefetch
+
+    return default_prefetch(torch.device("cpu")) if prefetch is None else prefetch
+
+
+def case_interleaved(
+    store: str, n_cells: int, path: str, rounds: int = 3, prefetch: tuple[int | None, ...] = (None,)
+) -> dict[str, Any]:
     """Throughput of ``store`` against the same cells in memory in one process, one epoch of each in
     turn (round 1 is each one's first epoch), so that a loaded machine's drifting speed cancels in each
-    round's ratio."""
+    round's ratio. Each ``prefetch`` setting is one model read from ``store`` (``disk_prefetch_P``; None:
+    scamort's default for this machine, ``disk_default``), taking its turn in every round."""
     from _common import warm_up_torch
 
     import scamort
@@ -131,26 +150,35 @@ def case_interleaved(store: str, n_cells: int, path: str, rounds: int = 3) -> di
     models = {
         "memory": scamort.Model(
             _open("memory_cite" if cite else "memory_rna", None, n_cells), modalities=modalities
-        ),
-        "disk": scamort.Model(_open(store, path, n_cells), modalities=modalities),
+        )
     }
+    for setting in prefetch:
+        model = scamort.Model(_open(store, path, n_cells), modalities=modalities)
+        model._data = model._data.rechunked(model._data.chunk_size, prefetch=setting)
+        models["disk_default" if setting is None else f"disk_prefetch_{setting}"] = model
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
             started = time.perf_counter()
             model.train(max_epochs=1, batch_size=BATCH, early_stopping=False, progress_bar=False)
             seconds[name].append(time.perf_counter() - started)
-    ratios = [m / d for m, d in zip(seconds["memory"], seconds["disk"], strict=True)]
-    return {
+    out: dict[str, Any] = {
         "tool": "scamort",
         "interleaved": store,
         "n_cells": n_cells,
         "batch_size": BATCH,
+        "prefetch_settings": [_effective_prefetch(p) for p in prefetch],
         "train_call_seconds": seconds,
-        "speed_ratio_per_round": ratios,
-        "first_epoch_ratio": ratios[0],
-        "later_epochs_ratio": float(np.median(ratios[1:])),
     }
+    for name in models:
+        if name == "memory":
+            continue
+        ratios = [m / d for m, d in zip(seconds["memory"], seconds[name], strict=True)]
+        suffix = "" if len(prefetch) == 1 else f"_{name}"
+        out[f"speed_ratio_per_round{suffix}"] = ratios
+        out[f"first_epoch_ratio{suffix}"] = ratios[0]
+        out[f"later_epochs_ratio{suffix}"] = float(np.median(ratios[1:]))
+    return out
 
 
 def _size_mb(path: Path) -> float:
@@ -184,6 +212,21 @@ def cases(quick: bool, workdir: Path) -> dict[str, tuple[str, dict[str, Any]]]:
         out[f"interleaved_{store}_{small}"] = (
             "interleaved",
             {"store": store, "n_cells": small, "path": str(workdir / path)},
+        )
+    # at the large size, with and without reading ahead (the in-memory CITE-seq reference is at the small
+    # size only, see above)
+    for store, n, path in (
+        ("h5ad", large, f"rna_{large}.h5ad"),
+        ("zarr", large, f"rna_{large}.zarr"),
+        ("h5mu", small, f"cite_{small}.h5mu"),
+    ):
+        out[f"interleaved_{store}_{n}_prefetch_1_0"] = (
+            "interleaved",
+            {"store": store, "n_cells": n, "path": str(workdir / path), "prefetch": [1, 0]},
+        )
+        out[f"interleaved_{store}_{n}_5_rounds"] = (
+            "interleaved",
+            {"store": store, "n_cells": n, "path": str(workdir / path), "rounds": 5},
         )
     return out
 
@@ -235,10 +278,18 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             small = runs.get(name.replace(str(sizes[-1]), str(sizes[0])))
             if small is not None:
                 entry["peak_rss_large_over_small"] = run["peak_rss_mb"] / small["peak_rss_mb"]
+                if "opened_object_mb" in run and "opened_object_mb" in small:
+                    # bytes per extra cell: of the peak, of the user's opened object, and scamort's own
+                    extra_cells = run["n_cells"] - small["n_cells"]
+                    grown = {
+                        "peak": run["peak_rss_mb"] - small["peak_rss_mb"],
+                        "opened_object": run["opened_object_mb"] - small["opened_object_mb"],
+                    }
+                    grown["scamort"] = grown["peak"] - grown["opened_object"]
+                    for part, mb in grown.items():
+                        entry[f"{part}_bytes_per_extra_cell"] = mb * 2**20 / extra_cells
         out[name] = entry
     for name, run in results.items():
         if isinstance(run, dict) and "interleaved" in run:
-            out[name] = {
-                k: run[k] for k in ("first_epoch_ratio", "later_epochs_ratio", "speed_ratio_per_round")
-            }
+            out[name] = {k: v for k, v in run.items() if "ratio" in k}
     return out

@@ -56,7 +56,8 @@ from _common import (
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(tempfile.gettempdir()) / "scamort_memory_cpu"
 PROTEIN_KEY = "protein_expression"
-#: Cells per gradient step in the measured epoch (memory does not depend on it; time does).
+#: Cells per gradient step in the measured epoch by default (``--batch-size``): the working memory of a
+#: step grows with it (a few dense cells × features arrays), so it is recorded with every result.
 BATCH_SIZE = 1024
 
 
@@ -109,7 +110,7 @@ def _stage(record: dict[str, Any], name: str, loaded_mb: float) -> None:
     record[f"peak_after_{name}_above_loaded_mb"] = peak_rss_mb() - loaded_mb
 
 
-def measure(path: str, kind: str, train: bool = True) -> dict[str, Any]:
+def measure(path: str, kind: str, train: bool = True, batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """One case, in this (fresh) process: the peaks of ``Model``, one epoch (unless not ``train``) and
     the latent."""
     import anndata as ad
@@ -129,12 +130,17 @@ def measure(path: str, kind: str, train: bool = True) -> dict[str, Any]:
         data += csr_mb(n_cells, int(np.count_nonzero(adata.obsm[PROTEIN_KEY].to_numpy())))
         modalities = {"rna": scamort.Modality(), "protein": scamort.Modality(obsm_key=PROTEIN_KEY)}
     reset_peak_rss()
-    record: dict[str, Any] = {"n_cells": n_cells, "nnz_rna": int(adata.X.nnz), "data_mb": data}
+    record: dict[str, Any] = {
+        "n_cells": n_cells,
+        "nnz_rna": int(adata.X.nnz),
+        "data_mb": data,
+        "batch_size": batch_size,
+    }
     model = scamort.Model(adata, modalities=modalities)
     _stage(record, "model", loaded_mb)
     if train:
         started = time.perf_counter()
-        history = model.train(max_epochs=1, batch_size=BATCH_SIZE, early_stopping=False, progress_bar=False)
+        history = model.train(max_epochs=1, batch_size=batch_size, early_stopping=False, progress_bar=False)
         seconds = time.perf_counter() - started
         _stage(record, "train", loaded_mb)
         record["epoch_seconds"] = float(history["seconds"].iloc[0])
@@ -174,12 +180,12 @@ def _prepare(kind: str, n_cells: int) -> Path:
     return path
 
 
-def _run(path: Path, kind: str, code: str | None) -> dict[str, Any]:
+def _run(path: Path, kind: str, code: str | None, batch_size: int) -> dict[str, Any]:
     env = dict(os.environ)
     if code is not None:
         env["PYTHONPATH"] = code
     done = subprocess.run(
-        [sys.executable, __file__, "--measure", str(path), "--kind", kind],
+        [sys.executable, __file__, "--measure", str(path), "--kind", kind, "--batch-size", str(batch_size)],
         capture_output=True,
         text=True,
         check=False,
@@ -203,12 +209,17 @@ def main() -> None:
         "--compare-with", type=Path, default=None, help="another checkout: each case also runs its code"
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="cells per step in the epoch")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one case in this process
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--skip-train", action="store_true", help=argparse.SUPPRESS)  # Model + latent only
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.kind, train=not args.skip_train)))
+        print(
+            json.dumps(
+                measure(args.measure, args.kind, train=not args.skip_train, batch_size=args.batch_size)
+            )
+        )
         return
     cases = _cases(args.quick)
     if args.cases:
@@ -223,10 +234,10 @@ def main() -> None:
         for label, code in codes.items():
             key = name if args.compare_with is None else f"{name}_{label}"
             print(f"running {key} ...", flush=True)
-            results[key] = _run(path, kind, code)
+            results[key] = _run(path, kind, code, args.batch_size)
             print(f"  {results[key]}", flush=True)
     out = args.out or RESULTS / ("memory_cpu_quick.json" if args.quick else "memory_cpu.json")
-    write_json(out, {"environment": environment_info(), "batch_size": BATCH_SIZE, "cases": results})
+    write_json(out, {"environment": environment_info(), "batch_size": args.batch_size, "cases": results})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import scamort
 from scamort.data import cell_data
@@ -149,3 +151,22 @@ def test_iterate_gathers_in_blocks_and_yields_the_same_minibatches(monkeypatch: 
             assert torch.equal(getattr(got.counts, field), getattr(reference.counts, field)), field
         assert got.counts.col.dtype == torch.int64
         assert torch.equal(got.log_library, reference.log_library)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 6000).map(float),
+            st.floats(0.0, 1e7, allow_nan=False, allow_infinity=False),
+        ),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_tabled_log_factorials_are_bitwise_scipy(values: list[float]) -> None:
+    """Whole counts below the table's end are looked up, everything else computed: every value is
+    bitwise ``scipy.special.gammaln(x + 1)``."""
+    from scipy.special import gammaln
+
+    array = np.asarray(values, dtype=np.float64)
+    np.testing.assert_array_equal(cell_data.lgamma_plus_one(array), gammaln(array + 1.0))

@@ -172,6 +172,32 @@ def test_prefetch_trains_bit_identical_weights(tmp_path) -> None:
     assert models[0].history["validation_elbo"].iloc[-1] > models[0].history["validation_elbo"].iloc[0]
 
 
+def test_default_prefetch_reads_ahead_only_with_a_core_to_spare(monkeypatch) -> None:
+    """One pool ahead when minibatches go to an accelerator or a core is free for the reader thread;
+    none when torch's threads already use every core the process may run on."""
+    from scamort.data import backed
+
+    monkeypatch.setattr(backed, "available_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert backed.default_prefetch(torch.device("cpu")) == 0
+    assert backed.default_prefetch(torch.device("cuda")) == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert backed.default_prefetch(torch.device("cpu")) == 1
+
+
+def test_first_seen_blocks_scanned_in_parts_match_one_pass(tmp_path, monkeypatch) -> None:
+    """Cutting an epoch's order into pools a part at a time gives the positions a single np.unique
+    over the whole order gives."""
+    from scamort.data import backed
+
+    model = _many_pools(tmp_path, 0)
+    data = model._data
+    order = data.epoch_order(torch.arange(data.n_cells), torch.Generator().manual_seed(3))
+    whole = np.sort(np.unique((order // data.chunk_size).numpy(), return_index=True)[1])
+    monkeypatch.setattr(backed, "_ENTRIES_PER_SCAN", 37)
+    np.testing.assert_array_equal(data._first_seen_blocks(order), whole)
+
+
 def test_out_of_core_reads_only_blocks_of_rows(tmp_path, monkeypatch) -> None:
     """Every read is one block of at most chunk_size rows, each block once per pass, and nothing is ever
     read whole; an epoch reads each stored row about once (training plus validation) when each modality

@@ -116,19 +116,17 @@ def scale_cpu(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -
         )
         out.append(
             table(
-                ["case", "store", "cells", "batch", "ratio per round", "1st epoch", "later"],
                 [
-                    [
-                        f"`{k}`",
-                        c.get("interleaved"),
-                        c.get("n_cells"),
-                        c.get("batch_size"),
-                        ", ".join(f"{r:.2f}" for r in c.get("speed_ratio_per_round", [])),
-                        c.get("first_epoch_ratio"),
-                        c.get("later_epochs_ratio"),
-                    ]
-                    for k, c in interleaved.items()
+                    "case",
+                    "store",
+                    "cells",
+                    "batch",
+                    "out-of-core arm",
+                    "ratio per round",
+                    "1st epoch",
+                    "later",
                 ],
+                [row for k, c in interleaved.items() for row in _interleaved_rows(k, c)],
             )
         )
     memory = {
@@ -177,6 +175,35 @@ def scale_cpu(runs: dict[str, dict[str, Any]], results: Path, generated: Path) -
     return "\n".join(out)
 
 
+def _interleaved_rows(name: str, case: dict[str, Any]) -> list[list[Any]]:
+    """One row per out-of-core arm of an interleaved case (older results have one arm, no suffix)."""
+    arms = [a for a in case.get("train_call_seconds", {"disk": None}) if a != "memory"]
+    rows = []
+    for arm in arms:
+        suffix = "" if "speed_ratio_per_round" in case else f"_{arm}"
+        rows.append(
+            [
+                f"`{name}`",
+                case.get("interleaved"),
+                case.get("n_cells"),
+                case.get("batch_size"),
+                arm,
+                ", ".join(f"{r:.2f}" for r in case.get(f"speed_ratio_per_round{suffix}", [])),
+                case.get(f"first_epoch_ratio{suffix}"),
+                case.get(f"later_epochs_ratio{suffix}"),
+            ]
+        )
+    return rows
+
+
+def _per_cell(ratio: dict[str, Any]) -> str | None:
+    """Bytes of peak RSS per cell added from the small size to the large one, split into the user's
+    opened object and scamort's own share (older results lack them)."""
+    if "opened_object_bytes_per_extra_cell" not in ratio:
+        return None
+    return f"{ratio['opened_object_bytes_per_extra_cell']:.0f} / {ratio['scamort_bytes_per_extra_cell']:.0f}"
+
+
 def _out_of_core(
     stores: dict[str, dict[str, Any]], ratios: dict[str, dict[str, Any]], data: dict[str, Any]
 ) -> str:
@@ -195,6 +222,8 @@ def _out_of_core(
             c.get("heldout_elbo"),
             c.get("peak_rss_mb"),
             ratios.get(k, {}).get("peak_rss_large_over_small"),
+            c.get("opened_object_mb"),
+            _per_cell(ratios.get(k, {})),
             c.get("file_mb"),
         ]
         for k, c in stores.items()
@@ -210,6 +239,8 @@ def _out_of_core(
         "held-out ELBO",
         "peak RSS (MiB)",
         "RSS large / small",
+        "opened object (MiB)",
+        "bytes per extra cell: opened object / scamort",
         "file (MiB)",
     ]
     note = (

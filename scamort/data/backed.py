@@ -7,14 +7,19 @@ per-cell covariates, presence and library sizes (a few numbers per cell) are all
 cell. The model, the loop and the queries are the same as in memory; only the order of cells within an
 epoch differs (blocks of consecutive cells are shuffled, then cells within a pool of blocks).
 
-While one pool trains, the next ``prefetch`` pools are read and decoded on a background thread. Reading
-draws no random numbers and the pools are consumed in order, so prefetching changes only when rows are
-read, never which minibatches are made: the same seed trains the same weights with or without it.
+While one pool trains, the next ``prefetch`` pools can be read and decoded on a background thread. By
+default this happens only when a core is free for the reader: when minibatches go to an accelerator, or
+when the process may use more cores than torch's intra-op threads. On a CPU whose every core already
+runs torch's threads, a reader thread takes a core from them at every synchronisation, which costs more
+than reading the pool in line. Reading draws no random numbers and the pools are consumed in order, so
+prefetching changes only when rows are read, never which minibatches are made: the same seed trains the
+same weights with or without it.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,9 +34,11 @@ from scamort.data.cell_data import CellData, Minibatch, ModalityTensors
 from scamort.data.out_of_core import DiskModality, ModalitySummary, is_out_of_core, open_modalities
 from scamort.data.registry import Registry
 
-__all__ = ["BackedCellData", "EncodedCells", "is_backed", "is_out_of_core"]
+__all__ = ["BackedCellData", "EncodedCells", "default_prefetch", "is_backed", "is_out_of_core"]
 
 CPU = torch.device("cpu")
+#: Entries of a cell index scanned at a time when cutting it into pools.
+_ENTRIES_PER_SCAN = 1 << 16
 
 
 def is_backed(data: object) -> bool:
@@ -64,7 +71,8 @@ class BackedCellData:
     target_device
         Where minibatches are placed.
     prefetch
-        Pools read ahead on a background thread while the current one trains (0: none).
+        Pools read ahead on a background thread while the current one trains (0: none; None: one when
+        a core is free for reading, see :func:`default_prefetch`).
     """
 
     disk: tuple[DiskModality, ...]
@@ -72,7 +80,7 @@ class BackedCellData:
     chunk_size: int = 8192
     pool_chunks: int = 4
     target_device: torch.device = CPU
-    prefetch: int = 1
+    prefetch: int | None = None
 
     @classmethod
     def create(
@@ -141,11 +149,16 @@ class BackedCellData:
         blocks = list(torch.split(index, sizes.tolist()))
         block_order = torch.randperm(len(blocks), generator=generator, device=generator.device)
         ordered = [blocks[i] for i in block_order.tolist()]
-        pools = []
+        order = torch.empty_like(index)  # filled pool by pool: no second index-sized copy
+        filled = 0
         for start in range(0, len(ordered), self.pool_chunks):
             pool = torch.cat(ordered[start : start + self.pool_chunks])
-            pools.append(pool[torch.randperm(pool.shape[0], generator=generator, device=generator.device)])
-        return torch.cat(pools) if pools else index
+            size = pool.shape[0]
+            order[filled : filled + size] = pool[
+                torch.randperm(size, generator=generator, device=generator.device)
+            ]
+            filled += size
+        return order
 
     def _counts(self, modality: DiskModality, rows: np.ndarray) -> sp.csr_matrix:
         """Counts of the cells at positions ``rows`` ``(n,)`` in that order, CSR ``(n, n_features)``."""
@@ -180,8 +193,8 @@ class BackedCellData:
         summary = modality.summary
         return ModalityTensors(
             indptr=torch.as_tensor(counts.indptr.astype(np.int64)),
-            indices=torch.as_tensor(counts.indices.astype(np.int64)),
-            values=torch.as_tensor(counts.data.astype(np.float32)),
+            indices=torch.as_tensor(counts.indices.astype(np.int32, copy=False)),
+            values=torch.as_tensor(counts.data.astype(np.float32, copy=False)),
             n_features=counts.shape[1],
             log_library=summary.log_library[positions].cpu(),
             log_factorial=summary.log_factorial[positions].cpu(),
@@ -195,8 +208,7 @@ class BackedCellData:
     def _windows(self, index: torch.Tensor) -> list[torch.Tensor]:
         """``index`` cut where it reaches a new group of ``pool_chunks`` stored blocks (the pools of
         :meth:`epoch_order`; runs of blocks for a sorted index), each at most a pool's worth of rows."""
-        blocks = torch.div(index, self.chunk_size, rounding_mode="floor").cpu().numpy()
-        first_seen = np.sort(np.unique(blocks, return_index=True)[1])
+        first_seen = self._first_seen_blocks(index)
         starts = [*first_seen[:: self.pool_chunks].tolist(), index.shape[0]]
         most = self.chunk_size * self.pool_chunks
         return [
@@ -205,16 +217,31 @@ class BackedCellData:
             for start in range(begin, stop, most)
         ]
 
+    def _first_seen_blocks(self, index: torch.Tensor) -> np.ndarray:
+        """Positions in ``index`` where an entry of a stored block not seen before appears, ascending;
+        computed :data:`_ENTRIES_PER_SCAN` entries at a time (temporaries of that size only)."""
+        seen = np.zeros(self.n_cells // self.chunk_size + 1, dtype=bool)
+        found = []
+        for start in range(0, index.shape[0], _ENTRIES_PER_SCAN):
+            part = index[start : start + _ENTRIES_PER_SCAN]
+            blocks = torch.div(part, self.chunk_size, rounding_mode="floor").cpu().numpy()
+            ids, first = np.unique(blocks, return_index=True)
+            new = ~seen[ids]
+            seen[ids[new]] = True
+            found.append(first[new] + start)
+        return np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
     def _pools(self, windows: list[torch.Tensor]) -> Iterator[CellData]:
         """The cells of each window in turn, read ``prefetch`` windows ahead on a background thread."""
-        if self.prefetch <= 0 or len(windows) == 1:
+        ahead = default_prefetch(self.target_device) if self.prefetch is None else self.prefetch
+        if ahead <= 0 or len(windows) == 1:
             yield from map(self.take, windows)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scamort-prefetch") as executor:
             pending: deque[Future[CellData]] = deque(
-                executor.submit(self.take, w) for w in windows[: self.prefetch + 1]
+                executor.submit(self.take, w) for w in windows[: ahead + 1]
             )
-            upcoming = iter(windows[self.prefetch + 1 :])
+            upcoming = iter(windows[ahead + 1 :])
             try:
                 while pending:
                     pool = pending.popleft().result()
@@ -245,6 +272,19 @@ class BackedCellData:
             carry = pool.take(rest) if rest.numel() else None
         if carry is not None:
             yield carry.slice(0, carry.n_cells)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_prefetch(device: torch.device) -> int:
+    """Pools to read ahead by default: one when a core is free for the reader thread (minibatches go
+    to an accelerator, or there are more cores than torch's intra-op threads), else none."""
+    return int(device.type != "cpu" or available_cores() > torch.get_num_threads())
 
 
 def _consecutive_batches(pool: CellData, start: int, stop: int, batch_size: int) -> Iterator[Minibatch]:

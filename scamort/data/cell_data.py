@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -23,7 +24,9 @@ __all__ = [
     "ModalityTensors",
     "cell_keys",
     "counts_checksum",
+    "lgamma_plus_one",
     "refuse_changed_counts",
+    "row_log_factorials",
 ]
 
 
@@ -89,15 +92,7 @@ class ModalityTensors:
             counts = sp.csr_matrix(counts).astype(np.float32, copy=True)
         counts.sum_duplicates()
         values = counts.data
-        log_factorial = np.zeros(counts.shape[0], dtype=np.float64)
-        for start, stop in _row_blocks(counts.indptr):
-            first, last = counts.indptr[start], counts.indptr[stop]
-            row_of_entry = np.repeat(np.arange(stop - start), np.diff(counts.indptr[start : stop + 1]))
-            log_factorial[start:stop] = np.bincount(
-                row_of_entry,
-                weights=_lgamma_plus_one(values[first:last].astype(np.float64)),
-                minlength=stop - start,
-            )
+        log_factorial = row_log_factorials(counts)
         library = np.asarray(counts.sum(axis=1)).ravel()
         return cls(
             indptr=torch.as_tensor(counts.indptr.astype(np.int64)),
@@ -190,10 +185,44 @@ def _row_blocks(indptr: np.ndarray, n_entries: int = _ENTRIES_PER_BLOCK):
         start = stop
 
 
-def _lgamma_plus_one(values: np.ndarray) -> np.ndarray:
+def row_log_factorials(counts: sp.csr_matrix) -> np.ndarray:
+    """``sum_g lgamma(x_g + 1)`` of each row of a canonical CSR matrix, ``(n_rows,)`` float64, summed
+    in stored order a block of rows at a time (the same value for a row wherever it is stored)."""
+    log_factorial = np.zeros(counts.shape[0], dtype=np.float64)
+    for start, stop in _row_blocks(counts.indptr):
+        first, last = counts.indptr[start], counts.indptr[stop]
+        row_of_entry = np.repeat(np.arange(stop - start), np.diff(counts.indptr[start : stop + 1]))
+        log_factorial[start:stop] = np.bincount(
+            row_of_entry,
+            weights=lgamma_plus_one(counts.data[first:last].astype(np.float64)),
+            minlength=stop - start,
+        )
+    return log_factorial
+
+
+#: Counts below this whose ``lgamma(x + 1)`` is looked up in a table instead of computed.
+_TABLED_COUNTS = 4096
+
+
+@functools.cache
+def _log_factorial_table() -> np.ndarray:
     from scipy.special import gammaln
 
-    return gammaln(values + 1.0)
+    return gammaln(np.arange(_TABLED_COUNTS, dtype=np.float64) + 1.0)
+
+
+def lgamma_plus_one(values: np.ndarray) -> np.ndarray:
+    """``lgamma(x + 1)`` of float64 ``values`` ``(n,)``: whole counts below :data:`_TABLED_COUNTS` from a
+    table of ``scipy.special.gammaln`` (the same values, bitwise, many times faster), the rest computed."""
+    from scipy.special import gammaln
+
+    whole = values.astype(np.int64)
+    tabled = (whole == values) & (whole >= 0) & (whole < _TABLED_COUNTS)
+    if tabled.all():
+        return _log_factorial_table()[whole]
+    out = gammaln(values + 1.0)
+    out[tabled] = _log_factorial_table()[whole[tabled]]
+    return out
 
 
 @dataclass(frozen=True)

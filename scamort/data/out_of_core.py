@@ -16,8 +16,8 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import torch
-from scipy.special import gammaln
 
+from scamort.data.cell_data import lgamma_plus_one
 from scamort.data.disk import RowSource, is_on_disk
 from scamort.data.modality import Modality
 from scamort.data.reading import feature_positions, locate_counts
@@ -151,7 +151,7 @@ def _scan(
         library[start:stop] = np.asarray(counts.sum(axis=1)).ravel()
         rows = np.repeat(np.arange(stop - start), np.diff(counts.indptr))
         values = counts.data.astype(np.float64)
-        log_factorial[start:stop] = np.bincount(rows, weights=gammaln(values + 1.0), minlength=stop - start)
+        log_factorial[start:stop] = np.bincount(rows, weights=lgamma_plus_one(values), minlength=stop - start)
     return library, log_factorial
 
 
