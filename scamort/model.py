@@ -5,8 +5,8 @@ Each public method is a short delegation to the module that owns its concept:
 - construction (options checked, data registered, VAE built): :mod:`scamort.model_setup`;
 - training, pretraining included: :mod:`scamort.model_training`;
 - queries about each cell's posterior (latent, ELBO, marginal LL, refinement, amortization gap):
-  :mod:`scamort.posterior_queries`; about a modality's expression (normalized, imputed, library
-  sizes, posterior predictive): :mod:`scamort.expression_queries`; both read the model through
+  :mod:`scamort.posterior_queries`; about a modality's expression (normalized, imputed, library sizes,
+  posterior predictive): :mod:`scamort.expression_queries`; both read the model through
   :class:`scamort.model_parts.ModelParts`;
 - differential expression: :mod:`scamort.differential`; saving and loading: :mod:`scamort.io` and
   :mod:`scamort.model_persistence`.
@@ -29,7 +29,6 @@ from scamort import differential, expression_queries, model_persistence, model_t
 from scamort._docstrings import docstring_from
 from scamort.amortization_gap import AmortizationGap
 from scamort.data import Modality, Registry
-from scamort.data.backed import EncodedCells
 from scamort.data.cell_data import counts_checksum, refuse_changed_counts
 from scamort.data.sources import ModalityCounts
 from scamort.labels import novelty as label_novelty
@@ -38,8 +37,7 @@ from scamort.model_parts import ModelParts
 from scamort.model_setup import DEFAULT_ALIGNMENT_WEIGHT as DEFAULT_ALIGNMENT_WEIGHT
 from scamort.model_setup import DEFAULT_MIXING_WEIGHT as DEFAULT_MIXING_WEIGHT
 from scamort.model_setup import DEFAULT_N_PRIVATE_LATENT as DEFAULT_N_PRIVATE_LATENT
-from scamort.model_setup import build_module, init_params, register
-from scamort.module import VAE
+from scamort.model_setup import DEFAULT_PANEL_MIXING_WEIGHT, build_module, init_params, register
 from scamort.query_mapping import load_query_data
 from scamort.refine import DEFAULT_LR, DEFAULT_N_SAMPLES, RefinementResult
 
@@ -82,48 +80,49 @@ class Model:
     seed
         Seeds the weights, the training split and all sampling during training.
     modalities
-        Several modalities: name -> :class:`scamort.Modality`. With a MuData the names are its
-        modality names and each is read from ``mdata.mod[name]`` (cells absent there are missing that
-        modality); with an AnnData each is read from its ``X``, a layer or ``obsm`` (e.g. CITE-seq
-        protein in ``obsm["protein_expression"]``). Encoders and decoders are built per modality and
-        their posteriors are merged by a product of experts with the prior.
+        Several modalities: name -> :class:`scamort.Modality`. With a MuData the names are its modality
+        names and each is read from ``mdata.mod[name]`` (cells absent there are missing that modality); with
+        an AnnData each is read from its ``X``, a layer or ``obsm`` (e.g. CITE-seq protein in
+        ``obsm["protein_expression"]``). Encoders and decoders are built per modality and their posteriors
+        are merged by a product of experts with the prior.
     modality_dropout
-        With several modalities: during training, the probability that a cell's posterior uses one
-        randomly chosen measured modality only (all are still reconstructed), so that each expert
-        alone embeds cells well and imputes the other modalities. With a feature mask
-        (``Modality(measured_key=...)``) it is also the probability that a cell's encoder reads only
-        the features another cell of the minibatch measured too (panel dropout, see
-        ``scamort.module.ModuleConfig``).
+        With several modalities: during training, the probability that a cell's posterior uses one randomly
+        chosen measured modality only (all are still reconstructed), so that each expert alone embeds cells
+        well and imputes the other modalities. With a feature mask (``Modality(measured_key=...)``) it is
+        also the probability that a cell's encoder reads only the features another cell of the minibatch
+        measured too (panel dropout, see ``scamort.module.ModuleConfig``).
     alignment_weight
-        With several modalities: during training, add this weight times the symmetric KL between
-        the single-modality posteriors of each cell measured in several modalities (warmed up like
-        the KL). It makes the experts agree, so that cells measured in one modality are embedded
-        among the paired cells instead of apart from them. 0 turns it off.
+        With several modalities: during training, add this weight times the symmetric KL between the
+        single-modality posteriors of each cell measured in several modalities (warmed up like the KL). It
+        makes the experts agree, so that cells measured in one modality are embedded among the paired cells
+        instead of apart from them. 0 turns it off.
     mixing_weight
-        With several modalities, for data whose cells were measured in different sets of modalities
-        (e.g. paired, RNA-only and protein-only cells): during training, a small classifier learns
-        to tell each cell's set of measured modalities from its posterior mean (the embedding), and
-        the encoders are penalised by this weight times their loss for fooling it (MULTIVI's
-        adversarial mixing). A cell measured in one modality has a posterior mean shrunk towards
-        the centre of what that modality cannot tell apart, so without it such cells sit together
-        instead of among the paired cells. No effect when every cell has the same modalities, and
-        none on the ELBO; 0 turns it off.
+        With several modalities, for data whose cells were measured in different sets of modalities (e.g.
+        paired, RNA-only and protein-only cells): during training, a small classifier learns to tell each
+        cell's set of measured modalities from its posterior mean (the embedding), and the encoders are
+        penalised by this weight times their loss for fooling it (MULTIVI's adversarial mixing). A cell
+        measured in one modality has a posterior mean shrunk towards the centre of what that modality
+        cannot tell apart, so without it such cells sit together instead of among the paired cells. No
+        effect when every cell has the same modalities, and none on the ELBO; 0 turns it off.
+    panel_mixing_weight
+        With a feature mask (``Modality(measured_key=...)``) whose cells were measured on different panels:
+        the same adversarial mixing for panels, which the masked encoder sees
+        (``scamort.nn.classifier.PanelClassifier``). No effect without a mask; 0 turns it off.
     n_private_latent
-        With several modalities: latent dimensions private to each modality, besides the
-        ``n_latent`` shared ones; an int for every modality or a mapping modality name -> int
-        (modalities not named get none). Modality m's decoder reads the shared dimensions and m's private
-        ones, whose posterior comes from m's encoder and the prior only (the prior for a cell
-        lacking m, and for the modalities left out under modality dropout), so variation that only
-        m sees need not occupy the shared space. The embedding
-        (:meth:`get_latent_representation`) is the shared part; imputing m for a cell lacking it
-        decodes the prior's mean, 0, for m's private dimensions. 0 (default) for none; no effect
-        with one modality.
+        With several modalities: latent dimensions private to each modality, besides the ``n_latent``
+        shared ones; an int for every modality or a mapping modality name -> int (modalities not named get
+        none). Modality m's decoder reads the shared dimensions and m's private ones, whose posterior comes
+        from m's encoder and the prior only (the prior for a cell lacking m, and for the modalities left
+        out under modality dropout), so variation that only m sees need not occupy the shared space. The
+        embedding (:meth:`get_latent_representation`) is the shared part; imputing m for a cell lacking it
+        decodes the prior's mean, 0, for m's private dimensions. 0 (default) for none; no effect with one
+        modality.
 
     Notes
     -----
-    With several modalities every library-scaled modality (all but ``"bernoulli"``) also gets a
-    library-size head: a Gaussian over the cell's log library given the latent of its other
-    modalities (read detached, so it changes neither the embedding nor the ELBO). :meth:`impute` and
+    With several modalities every library-scaled modality (all but ``"bernoulli"``) also gets a library-size
+    head: a Gaussian over the cell's log library given the latent of its other modalities (read detached, so
+    it changes neither the embedding nor the ELBO). :meth:`impute` and
     ``get_normalized_expression(library_size="latent")`` use it for cells lacking the modality.
 
     Examples
@@ -157,6 +156,7 @@ class Model:
         alignment_weight: float = DEFAULT_ALIGNMENT_WEIGHT,
         n_private_latent: int | Mapping[str, int] = DEFAULT_N_PRIVATE_LATENT,
         mixing_weight: float = DEFAULT_MIXING_WEIGHT,
+        panel_mixing_weight: float = DEFAULT_PANEL_MIXING_WEIGHT,
     ) -> None:
         params = init_params(
             adata,
@@ -177,6 +177,7 @@ class Model:
             alignment_weight=alignment_weight,
             n_private_latent=n_private_latent,
             mixing_weight=mixing_weight,
+            panel_mixing_weight=panel_mixing_weight,
         )
         registry, read = register(adata, params)
         self._setup(adata, registry, params, read)
@@ -193,8 +194,6 @@ class Model:
         self.adata = adata
         self.registry = registry
         self.init_params = init_params
-        self._data: EncodedCells
-        self.module: VAE
         self._data, self.module = build_module(adata, registry, init_params, read)
         self._checksum = counts_checksum(self._data)
         self.history: pd.DataFrame | None = None

@@ -32,6 +32,7 @@ from scamort.label_calibration import (
 )
 from scamort.module import VAE, ModuleConfig
 from scamort.nn import DISPERSIONS
+from scamort.nn.classifier import PanelClassifier
 from scamort.nn.decoder import NegativeBinomialMixtureDecoder
 from scamort.query_surgery import prepare_query_module
 
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_ALIGNMENT_WEIGHT",
     "DEFAULT_MIXING_WEIGHT",
     "DEFAULT_N_PRIVATE_LATENT",
+    "DEFAULT_PANEL_MIXING_WEIGHT",
     "RNA_LIKELIHOODS",
     "build_module",
     "check_choice",
@@ -56,6 +58,9 @@ DEFAULT_N_PRIVATE_LATENT = 0
 
 #: Default ``mixing_weight`` (chosen on the multimodal benchmark, ``benchmarks/multimodal.py``).
 DEFAULT_MIXING_WEIGHT = 20.0
+
+#: Default ``panel_mixing_weight`` (chosen on the panels benchmark, ``benchmarks/panels.py``).
+DEFAULT_PANEL_MIXING_WEIGHT = 2.0
 
 
 def check_choice(value: str, choices: Sequence[str], name: str) -> None:
@@ -125,6 +130,7 @@ def init_params(
     alignment_weight: float,
     n_private_latent: int | Mapping[str, int],
     mixing_weight: float,
+    panel_mixing_weight: float = DEFAULT_PANEL_MIXING_WEIGHT,
 ) -> dict[str, Any]:
     """The constructor's arguments checked (before any work) and recorded as JSON-ready values.
 
@@ -134,7 +140,7 @@ def init_params(
         The data the model is built on (only its type and modalities are looked at here).
     layer, batch_key, labels_key, categorical_covariate_keys, continuous_covariate_keys, n_latent, \
 n_hidden, n_layers, dropout_rate, likelihood, dispersion, seed, modalities, modality_dropout, \
-alignment_weight, n_private_latent, mixing_weight
+alignment_weight, n_private_latent, mixing_weight, panel_mixing_weight
         As :class:`scamort.Model` takes them.
 
     Returns
@@ -158,7 +164,12 @@ alignment_weight, n_private_latent, mixing_weight
     for fraction, name in ((dropout_rate, "dropout_rate"), (modality_dropout, "modality_dropout")):
         if not (is_real_number(fraction) and 0 <= fraction < 1):
             raise InputError(f"{name} must be a number in [0, 1), got {fraction!r}.")
-    for weight, name in ((alignment_weight, "alignment_weight"), (mixing_weight, "mixing_weight")):
+    weights = (
+        (alignment_weight, "alignment_weight"),
+        (mixing_weight, "mixing_weight"),
+        (panel_mixing_weight, "panel_mixing_weight"),
+    )
+    for weight, name in weights:
         if not (is_real_number(weight, finite=True) and weight >= 0):
             raise InputError(f"{name} must be a finite number >= 0, got {weight!r}.")
     labels = (
@@ -183,6 +194,7 @@ alignment_weight, n_private_latent, mixing_weight
         "library_heads": True,
         "n_private_latent": private,
         "mixing_weight": float(mixing_weight),
+        "panel_mixing_weight": float(panel_mixing_weight),
         **labels,
     }
 
@@ -263,6 +275,8 @@ def module_config(registry: Registry, params: Mapping[str, Any]) -> ModuleConfig
         mixing_weight=params.get("mixing_weight", 0.0),
         masked=tuple(m.name for m in registry.modalities if m.modality.measured_key is not None),
         panel_dropout=params["modality_dropout"],
+        # Absent from models saved before the option existed: those had no panel classifier.
+        panel_mixing_weight=params.get("panel_mixing_weight", 0.0),
         # Absent from models saved before labels were learned: those had no label classifier.
         n_labels=len(registry.label_categories) if params.get("label_weight", 0.0) > 0 else 0,
         label_weight=params.get("label_weight", 0.0),
@@ -308,11 +322,16 @@ def build_module(
 
 def initialize_from_data(module: VAE, data: CellData | BackedCellData, max_cells: int = 10_000) -> None:
     """Data-driven starting values (overwritten when loading weights): the library-size heads' mean
-    and variance, and the background rates of ``"nbmixture"`` decoders (from at most ``max_cells``
-    measured cells)."""
+    and variance, the background rates of ``"nbmixture"`` decoders (from at most ``max_cells``
+    measured cells), and which features the panel classifiers score (those some panels lack)."""
     for name in module.library_heads:
         tensors = data.modalities[name]
         module.library_head(name).initialize(tensors.log_library[tensors.present])
+    for name, classifier in module.panel_classifiers.items():
+        tensors = data.modalities[name]
+        table, pattern = tensors.measured_table, tensors.measured_pattern
+        if isinstance(classifier, PanelClassifier) and table is not None and pattern is not None:
+            classifier.set_varying(table[torch.unique(pattern[tensors.present])])
     for name, decoder in module.decoders.items():
         if not isinstance(decoder, NegativeBinomialMixtureDecoder):
             continue

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -16,8 +15,8 @@ from scamort.data.cell_data import Minibatch
 from scamort.distributions import CountDistribution
 from scamort.masked_likelihood import dropped_panel, masked_log_prob_rows, renormalised
 from scamort.nn import CountDecoder, GaussianEncoder, product_of_experts
-from scamort.nn.classifier import PatternClassifier, presence_pattern
-from scamort.nn.decoder import DepthBernoulliDecoder, NegativeBinomialMixtureDecoder
+from scamort.nn.classifier import PanelClassifier, PatternClassifier, panel_mixing_loss, presence_pattern
+from scamort.nn.decoder import DepthBernoulliDecoder, NegativeBinomialMixtureDecoder, build_decoder
 from scamort.nn.label_classifier import LabelClassifier
 from scamort.nn.library import LibraryHead
 from scamort.posterior import (
@@ -97,6 +96,11 @@ class ModuleConfig:
     masked, panel_dropout
         Modalities with a feature mask (``Modality.measured_key``), and the training-time probability
         that their encoders read a cell on a narrower panel (:mod:`scamort.masked_likelihood`).
+    panel_mixing_weight
+        With masked modalities: train a :class:`scamort.nn.classifier.PanelClassifier` per masked
+        modality to tell which of its features a cell measured from its posterior mean (shared
+        dimensions), and add ``panel_mixing_weight ×`` the encoders' loss for fooling it. 0: off.
+        Not part of the ELBO.
     n_labels, label_weight, label_gradient
         With ``n_labels > 0``: a :class:`~scamort.nn.label_classifier.LabelClassifier` reads each
         cell's latent sample (shared dimensions; detached unless ``label_gradient``) and adds
@@ -119,6 +123,7 @@ class ModuleConfig:
     mixing_weight: float = 0.0
     masked: tuple[str, ...] = ()
     panel_dropout: float = 0.0
+    panel_mixing_weight: float = 0.0
     n_labels: int = 0
     label_weight: float = 0.0
     label_gradient: bool = True
@@ -146,8 +151,8 @@ class LossTerms:
         Training only (else None): the library-size heads' negative log-likelihood per cell
         ``(batch,)``, summed over modalities; it only reaches the heads' weights.
     mixing
-        Training only (else None): the presence-pattern classifier's loss plus the weighted
-        encoders' loss for fooling it, per cell ``(batch,)`` (see :class:`ModuleConfig`).
+        Training only (else None): the presence-pattern and panel classifiers' losses plus the
+        weighted encoders' losses for fooling them, per cell ``(batch,)`` (see :class:`ModuleConfig`).
     labels
         Training only (else None): the weighted label classification loss per cell ``(batch,)``.
     """
@@ -209,7 +214,7 @@ class VAE(nn.Module):
             width = config.n_shared + size
             shape = (config.n_hidden, config.n_layers, config.dropout_rate)
             self.encoders[name] = GaussianEncoder(n_features, width, *shape, masked=name in config.masked)
-            self.decoders[name] = _decoder(config, width, n_features, likelihood)
+            self.decoders[name] = build_decoder(config, width, n_features, likelihood)
         # Which latent dimensions each expert speaks to (None: all); not saved with the weights.
         dims = None
         if any(private):
@@ -239,6 +244,11 @@ class VAE(nn.Module):
         self.label_classifier = (
             LabelClassifier(config.n_shared, config.n_labels, config.n_hidden) if config.n_labels else None
         )
+        self.panel_classifiers = nn.ModuleDict()
+        if config.panel_mixing_weight > 0:
+            for name, n_features, _ in config.modalities:
+                if name in config.masked:
+                    self.panel_classifiers[name] = PanelClassifier(config.n_shared, n_features)
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -382,6 +392,10 @@ class VAE(nn.Module):
         alignment = self.alignment(mean, log_variance, present) if self.config.alignment_weight > 0 else None
         library = self.library_loss(mean, log_variance, present, batch) if len(self.library_heads) else None
         mixing = None if self.pattern_classifier is None else self.mixing_loss(mean, log_variance, present)
+        if len(self.panel_classifiers):
+            z_mean = self.product(mean, log_variance, present)[0][:, : self.config.n_shared]
+            panels = panel_mixing_loss(self.panel_classifiers, z_mean, batch, self.config.panel_mixing_weight)
+            mixing = panels if mixing is None else mixing + panels
         labels = None
         if self.label_classifier is not None and batch.labels is not None:
             read = z[:, : self.config.n_shared]
@@ -475,21 +489,3 @@ class VAE(nn.Module):
             categorical=batch.categorical,
             continuous=batch.continuous,
         )
-
-
-def _decoder(config: ModuleConfig, n_input: int, n_features: int, likelihood: str) -> nn.Module:
-    """The decoder class of ``likelihood`` reading ``n_input`` latent dimensions, built with the
-    config's shape and covariates."""
-    options: dict[str, Any] = {
-        "dispersion": config.dispersion,
-        "n_batch": config.n_batch,
-        "n_hidden": config.n_hidden,
-        "n_layers": config.n_layers,
-        "categorical_sizes": config.categorical_sizes,
-        "n_continuous": config.n_continuous,
-    }
-    if likelihood == "nbmixture":
-        return NegativeBinomialMixtureDecoder(n_input, n_features, **options)
-    if likelihood == "bernoulli_depth":
-        return DepthBernoulliDecoder(n_input, n_features, **options)
-    return CountDecoder(n_input, n_features, likelihood=likelihood, **options)

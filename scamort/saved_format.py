@@ -55,6 +55,7 @@ _INIT_OPTIONAL: dict[str, tuple[type, ...]] = {
     "library_heads": (bool,),
     "n_private_latent": (dict,),
     "mixing_weight": _NUMBER,
+    "panel_mixing_weight": _NUMBER,
     "query_mapping": (dict,),
     "label_weight": _NUMBER,
     "label_gradient": (bool,),

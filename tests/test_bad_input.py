@@ -82,6 +82,7 @@ def test_empty_cells_are_counted_and_the_fix_is_named() -> None:
         ({"n_latent": True}, r"n_latent must be an integer >= 1, got True"),
         ({"seed": False}, r"seed must be an integer >= 0, got False"),
         ({"mixing_weight": True}, r"mixing_weight must be a finite number >= 0, got True"),
+        ({"panel_mixing_weight": -1.0}, r"panel_mixing_weight must be a finite number >= 0, got -1.0"),
         ({"alignment_weight": float("nan")}, r"alignment_weight must be a finite number >= 0, got nan"),
     ],
 )

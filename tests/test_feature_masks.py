@@ -98,8 +98,10 @@ def test_an_all_measured_mask_gives_the_model_without_a_mask() -> None:
         model.train(max_epochs=2, batch_size=32, progress_bar=False)
     _same_state(masked, plain)
     extra = set(masked.module.state_dict()) - set(plain.module.state_dict())
-    assert extra == {"encoders.prot.missing_weight"}
+    panel_keys = {key for key in extra if key.startswith("panel_classifiers.prot.")}
+    assert extra - panel_keys == {"encoders.prot.missing_weight"}
     assert not masked.module.encoders["prot"].missing_weight.any()
+    assert not masked.module.panel_classifiers["prot"].varying.any()  # one panel: nothing to mix
     assert np.array_equal(masked.get_latent_representation(), plain.get_latent_representation())
     assert elbo(masked) == elbo(plain)
 

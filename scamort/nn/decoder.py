@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,32 @@ from scamort.distributions import (
 )
 from scamort.nn.mlp import CovariateMLP
 
-__all__ = ["CountDecoder", "DISPERSIONS", "DepthBernoulliDecoder", "NegativeBinomialMixtureDecoder"]
+
+class DecoderShape(Protocol):
+    """What :func:`build_decoder` reads of a configuration (``scamort.module.ModuleConfig`` has it)."""
+
+    @property
+    def dispersion(self) -> str: ...
+    @property
+    def n_batch(self) -> int: ...
+    @property
+    def n_hidden(self) -> int: ...
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def categorical_sizes(self) -> tuple[int, ...]: ...
+    @property
+    def n_continuous(self) -> int: ...
+
+
+__all__ = [
+    "CountDecoder",
+    "DISPERSIONS",
+    "DepthBernoulliDecoder",
+    "DecoderShape",
+    "NegativeBinomialMixtureDecoder",
+    "build_decoder",
+]
 
 #: How the negative binomial's inverse dispersion is shared.
 DISPERSIONS = ("gene", "gene-batch")
@@ -285,3 +311,21 @@ class DepthBernoulliDecoder(nn.Module):
         """Poisson rates per unit depth, ``(batch, n_output)``: ``P(x = 1) = 1 - exp(-depth × rate)``
         (``include_background`` is for mixture decoders)."""
         return self._log_rate(z, categorical, continuous).exp()
+
+
+def build_decoder(config: DecoderShape, n_input: int, n_features: int, likelihood: str) -> nn.Module:
+    """The decoder class of ``likelihood`` reading ``n_input`` latent dimensions, built with the
+    config's shape and covariates."""
+    options: dict[str, Any] = {
+        "dispersion": config.dispersion,
+        "n_batch": config.n_batch,
+        "n_hidden": config.n_hidden,
+        "n_layers": config.n_layers,
+        "categorical_sizes": config.categorical_sizes,
+        "n_continuous": config.n_continuous,
+    }
+    if likelihood == "nbmixture":
+        return NegativeBinomialMixtureDecoder(n_input, n_features, **options)
+    if likelihood == "bernoulli_depth":
+        return DepthBernoulliDecoder(n_input, n_features, **options)
+    return CountDecoder(n_input, n_features, likelihood=likelihood, **options)
