@@ -26,6 +26,10 @@ For each of 3 seeds (model seed = seed; the hidden proteins do not change):
 Each tool with its defaults (scamort: ``Model(..., batch_key="batch")`` and ``train()``; TOTALVI:
 ``TOTALVI(adata)`` and ``train()``), one process, one after the other.
 
+A second protocol, ``--matched-epochs N``, gives both tools the same budget: N epochs each, scamort
+without early stopping (``train(max_epochs=N, early_stopping=False)``; TOTALVI does not stop early by
+default), written to ``panels_matched_N.json``.
+
 Run: ``python benchmarks/panels.py`` (``--quick``: 5 epochs, one seed, no TOTALVI). The JSON
 (``benchmarks/results/panels.json``, rewritten after every model) has ``hidden_proteins``,
 ``per_seed`` (seed -> model -> ``imputation``, ``leiden``, ``batch_mixing``, ``train_seconds``,
@@ -97,22 +101,32 @@ def embedding_scores(latent: np.ndarray, obs: pd.DataFrame, seed: int) -> dict[s
     }
 
 
-def fit_scamort(data: ad.AnnData, measured_key: str | None, seed: int, epochs: int | None) -> scamort.Model:
-    """scamort with its defaults (RNA NB from .X, protein NB mixture from .obsm)."""
+def fit_scamort(
+    data: ad.AnnData, measured_key: str | None, seed: int, epochs: int | None, matched: bool = False
+) -> scamort.Model:
+    """scamort with its defaults (RNA NB from .X, protein NB mixture from .obsm); ``matched``: exactly
+    ``epochs`` epochs, no early stopping."""
     prot = scamort.Modality(obsm_key=PROTEIN, likelihood="nbmixture", measured_key=measured_key)
     model = scamort.Model(
         data, modalities={"rna": scamort.Modality(), "prot": prot}, batch_key="batch", seed=seed
     )
-    model.train(max_epochs=epochs, progress_bar=False)
+    stopping = {"early_stopping": False} if matched else {}
+    model.train(max_epochs=epochs, progress_bar=False, **stopping)
     return model
 
 
 def run_scamort(
-    data: ad.AnnData, truth: pd.DataFrame, hidden: list[str], masked: bool, seed: int, epochs: int | None
+    data: ad.AnnData,
+    truth: pd.DataFrame,
+    hidden: list[str],
+    masked: bool,
+    seed: int,
+    epochs: int | None,
+    matched: bool = False,
 ) -> dict[str, Any]:
     """Train one scamort model and score it (imputation only for the masked one)."""
     with timed() as watch:
-        model = fit_scamort(data, f"{PROTEIN}_measured" if masked else None, seed, epochs)
+        model = fit_scamort(data, f"{PROTEIN}_measured" if masked else None, seed, epochs, matched)
     obs = data.obs
     rows = np.flatnonzero(obs["batch"].astype(str).to_numpy() == HIDDEN_BATCH)
     out: dict[str, Any] = {"train_seconds": watch.seconds, "epochs_run": len(model.history)}
@@ -250,10 +264,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-totalvi", action="store_true", help="scamort's two models only (for tuning)")
+    parser.add_argument(
+        "--matched-epochs", type=int, default=None, help="same budget: N epochs for both, no early stopping"
+    )
     args = parser.parse_args(argv)
-    epochs = 5 if args.quick else None
+    matched = args.matched_epochs is not None
+    epochs = 5 if args.quick else args.matched_epochs
     seeds = args.seeds[:1] if args.quick else args.seeds
-    out = args.out or RESULTS_DIR / ("panels_quick.json" if args.quick else "panels.json")
+    name = "panels_quick" if args.quick else f"panels_matched_{epochs}" if matched else "panels"
+    out = args.out or RESULTS_DIR / f"{name}.json"
     started = time.perf_counter()
     adata = scamort.datasets.bmmc_cite()
     hidden = hidden_proteins([str(c) for c in adata.obsm[PROTEIN].columns])
@@ -270,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "n_proteins": int(truth.shape[1]),
         "seeds": seeds,
         "epochs": "defaults" if epochs is None else epochs,
+        "protocol": "matched" if matched else "defaults",
         "environment": environment_info(),
         "numba_warmup_seconds": warm_up_numba(),
         "per_seed": {},
@@ -277,10 +297,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for seed in seeds:
         models: dict[str, Any] = {}
         payload["per_seed"][str(seed)] = models
-        models["scamort_masked"] = run_scamort(joined, truth, hidden, True, seed, epochs)
+        models["scamort_masked"] = run_scamort(joined, truth, hidden, True, seed, epochs, matched)
         print(f"[panels] seed {seed} scamort_masked: {models['scamort_masked']}", flush=True)
         write_json(out, payload)
-        models["scamort_all"] = run_scamort(full, truth, hidden, False, seed, epochs)
+        models["scamort_all"] = run_scamort(full, truth, hidden, False, seed, epochs, matched)
         print(f"[panels] seed {seed} scamort_all: {models['scamort_all']}", flush=True)
         write_json(out, payload)
         if not (args.quick or args.no_totalvi):
