@@ -101,6 +101,8 @@ def case_store(
     for began, took in reads:
         read_seconds[min(int(np.searchsorted(ends, began - train_started)), len(seconds) - 1)] += took
     n_train = len(model.train_indices)
+    heldout_elbo = model.get_elbo(held_out)
+    peak = peak_rss_mb()  # after the held-out query too
     return {
         "tool": "scamort",
         "store": store,
@@ -116,11 +118,11 @@ def case_store(
         "later_epochs_cells_per_second": n_train / float(np.median(seconds[1:])),
         "cells_per_second": n_train * len(seconds) / float(seconds.sum()),
         "read_seconds_per_epoch": read_seconds.tolist() if reads else None,
-        "heldout_elbo": model.get_elbo(held_out),
-        "peak_rss_mb": peak_rss_mb(),
+        "heldout_elbo": heldout_elbo,
+        "peak_rss_mb": peak,
         "rss_before_open_mb": before_open_mb,
         "opened_object_mb": opened_mb - before_open_mb,
-        "peak_above_opened_mb": peak_rss_mb() - opened_mb,
+        "peak_above_opened_mb": peak - opened_mb,
         "file_mb": None if path is None else _size_mb(Path(path)),
     }
 

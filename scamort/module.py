@@ -391,11 +391,7 @@ class VAE(nn.Module):
             return terms
         alignment = self.alignment(mean, log_variance, present) if self.config.alignment_weight > 0 else None
         library = self.library_loss(mean, log_variance, present, batch) if len(self.library_heads) else None
-        mixing = None if self.pattern_classifier is None else self.mixing_loss(mean, log_variance, present)
-        if len(self.panel_classifiers):
-            z_mean = self.product(mean, log_variance, present)[0][:, : self.config.n_shared]
-            panels = panel_mixing_loss(self.panel_classifiers, z_mean, batch, self.config.panel_mixing_weight)
-            mixing = panels if mixing is None else mixing + panels
+        mixing = self.mixing_loss(mean, log_variance, present, batch)
         labels = None
         if self.label_classifier is not None and batch.labels is not None:
             read = z[:, : self.config.n_shared]
@@ -404,18 +400,29 @@ class VAE(nn.Module):
         return LossTerms(terms.reconstruction, terms.kl, alignment, library, mixing, labels)
 
     def mixing_loss(
-        self, mean: torch.Tensor, log_variance: torch.Tensor, present: torch.Tensor
-    ) -> torch.Tensor:
-        """The presence-pattern classifier's loss plus ``mixing_weight ×`` the encoders' fooling loss
-        (:meth:`PatternClassifier.losses`) on each cell's joint posterior mean (all its measured
-        modalities, shared dimensions), ``(batch,)``; zero for a minibatch of one pattern only."""
+        self, mean: torch.Tensor, log_variance: torch.Tensor, present: torch.Tensor, batch: Minibatch
+    ) -> torch.Tensor | None:
+        """The adversarial mixing terms on each cell's joint posterior mean (all its measured
+        modalities, shared dimensions; computed once for both), ``(batch,)``: the presence-pattern
+        classifier's loss plus ``mixing_weight ×`` the encoders' fooling loss
+        (:meth:`PatternClassifier.losses`; zero for a minibatch of one pattern only), plus the panel
+        classifiers' (:func:`panel_mixing_loss`). None without either classifier."""
+        if self.pattern_classifier is None and not len(self.panel_classifiers):
+            return None
+        total = torch.zeros(mean.shape[1], dtype=mean.dtype, device=mean.device)
         pattern = presence_pattern(present)
-        if bool((pattern == pattern[0]).all()):
-            return torch.zeros(mean.shape[1], dtype=mean.dtype, device=mean.device)
-        assert self.pattern_classifier is not None, "mixing_loss needs the pattern classifier"
-        joint_mean, _ = self.product(mean, log_variance, present)
-        classifier, fool = self.pattern_classifier.losses(joint_mean[:, : self.config.n_shared], pattern)
-        return classifier + self.config.mixing_weight * fool
+        several_patterns = not bool((pattern == pattern[0]).all())
+        if not (len(self.panel_classifiers) or (self.pattern_classifier is not None and several_patterns)):
+            return total
+        joint_mean = self.product(mean, log_variance, present)[0][:, : self.config.n_shared]
+        if self.pattern_classifier is not None and several_patterns:
+            classifier, fool = self.pattern_classifier.losses(joint_mean, pattern)
+            total = total + classifier + self.config.mixing_weight * fool
+        if len(self.panel_classifiers):
+            total = total + panel_mixing_loss(
+                self.panel_classifiers, joint_mean, batch, self.config.panel_mixing_weight
+            )
+        return total
 
     def alignment(
         self, mean: torch.Tensor, log_variance: torch.Tensor, present: torch.Tensor

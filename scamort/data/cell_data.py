@@ -186,8 +186,8 @@ def _row_blocks(indptr: np.ndarray, n_entries: int = _ENTRIES_PER_BLOCK):
 
 
 def row_log_factorials(counts: sp.csr_matrix) -> np.ndarray:
-    """``sum_g lgamma(x_g + 1)`` of each row of a canonical CSR matrix, ``(n_rows,)`` float64, summed
-    in stored order a block of rows at a time (the same value for a row wherever it is stored)."""
+    """``sum_g lgamma(x_g + 1)`` of each row of a CSR matrix, ``(n_rows,)`` float64, summed in stored
+    order a block of rows at a time (the same value for a row wherever it is stored)."""
     log_factorial = np.zeros(counts.shape[0], dtype=np.float64)
     for start, stop in _row_blocks(counts.indptr):
         first, last = counts.indptr[start], counts.indptr[stop]

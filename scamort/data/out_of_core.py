@@ -17,7 +17,7 @@ import anndata as ad
 import numpy as np
 import torch
 
-from scamort.data.cell_data import lgamma_plus_one
+from scamort.data.cell_data import row_log_factorials
 from scamort.data.disk import RowSource, is_on_disk
 from scamort.data.modality import Modality
 from scamort.data.reading import feature_positions, locate_counts
@@ -149,9 +149,7 @@ def _scan(
         )
         counts = source.counts(block)
         library[start:stop] = np.asarray(counts.sum(axis=1)).ravel()
-        rows = np.repeat(np.arange(stop - start), np.diff(counts.indptr))
-        values = counts.data.astype(np.float64)
-        log_factorial[start:stop] = np.bincount(rows, weights=lgamma_plus_one(values), minlength=stop - start)
+        log_factorial[start:stop] = row_log_factorials(counts)
     return library, log_factorial
 
 
